@@ -1,0 +1,26 @@
+"""Logits → the records users see. The one place where probabilities and ``is_bot`` are computed."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable float32 sigmoid."""
+    x = np.asarray(logits, dtype=np.float32)
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    ex = np.exp(x[~pos])
+    out[~pos] = ex / (1.0 + ex)
+    return out
+
+
+def scores_from_logits(bot_logits, english_logits, threshold: float) -> dict[str, np.ndarray]:
+    """``{"bot_prob", "english_prob", "is_bot"}`` with ``is_bot = bot_prob >= threshold`` (as the original)."""
+    bot_prob = sigmoid(bot_logits)
+    return {
+        "bot_prob": bot_prob,
+        "english_prob": sigmoid(english_logits),
+        "is_bot": bot_prob >= np.float32(threshold),
+    }

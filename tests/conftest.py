@@ -1,0 +1,85 @@
+"""Shared fixtures: a tiny XLM-R-style tokenizer and tiny model configs (tests never need ../shared)."""
+
+from __future__ import annotations
+
+import os
+import string
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from autext_jax.config import EncoderConfig, ModelConfig  # noqa: E402
+
+_WORDS = (
+    "the of and to in is that it for on with as was by this are be at from "
+    "el la de que y en los se del las un por con una para es"
+).split()
+_CHARS = list(string.ascii_letters + string.digits + string.punctuation + "áéíóúñüÁÉÍÓÚÑ¿¡")
+
+
+def build_tiny_tokenizer(directory: Path) -> Path:
+    """A 259-piece unigram tokenizer with XLM-R's special-token ids (<s>=0, <pad>=1, </s>=2, <unk>=3)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import XLMRobertaTokenizer
+
+    pieces = [(p, 0.0) for p in ("<s>", "<pad>", "</s>", "<unk>")]
+    pieces += [("▁", -2.0)] + [("▁" + w, -3.0) for w in _WORDS]
+    pieces += [(c, -5.0) for c in _CHARS] + [("▁" + c, -5.5) for c in _CHARS] + [("<mask>", 0.0)]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=3, byte_fallback=False))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", 0), ("</s>", 2)],
+    )
+    hf = XLMRobertaTokenizer(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        cls_token="<s>",
+        sep_token="</s>",
+        mask_token="<mask>",
+        model_max_length=512,
+    )
+    hf.save_pretrained(directory)
+    return directory
+
+
+TINY_VOCAB = 259
+
+
+def tiny_encoder_config(**changes) -> EncoderConfig:
+    """2 layers, hidden 32, 4 heads: fast everywhere, yet every code path of the full model."""
+    base = dict(
+        vocab_size=TINY_VOCAB,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=514,
+    )
+    base.update(changes)
+    return EncoderConfig(**base)
+
+
+def tiny_model_config(**changes) -> ModelConfig:
+    encoder_changes = changes.pop("encoder_changes", {})
+    base = dict(encoder=tiny_encoder_config(**encoder_changes), hidden_nodes=8, threshold=0.5)
+    base.update(changes)
+    return ModelConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    return build_tiny_tokenizer(tmp_path_factory.mktemp("tiny_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> ModelConfig:
+    return tiny_model_config()
