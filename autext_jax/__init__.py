@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 
 def load(model: str | None = None, **kwargs):
-    """Load a detector from a local HF-layout directory, a Hub id, or (``None``) the embedded default model."""
+    """A detector from a local HF-layout directory, a Hub id, or (``None``) the embedded default model."""
     from autext_jax.api import load as _load
 
     return _load(model, **kwargs)

@@ -98,7 +98,7 @@ class Embeddings(nnx.Module):
 
 
 class SelfAttention(nnx.Module):
-    """Multi-head self-attention with the output projection (HF ``attention.self`` + ``attention.output.dense``)."""
+    """Multi-head self-attention plus its output projection (HF ``attention.self`` + ``.output.dense``)."""
 
     def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs):
         self.num_heads = cfg.num_heads

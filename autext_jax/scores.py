@@ -17,7 +17,7 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 
 def scores_from_logits(bot_logits, english_logits, threshold: float) -> dict[str, np.ndarray]:
-    """``{"bot_prob", "english_prob", "is_bot"}`` with ``is_bot = bot_prob >= threshold`` (as the original)."""
+    """``{"bot_prob", "english_prob", "is_bot"}``; ``is_bot = bot_prob >= threshold`` as in the original."""
     bot_prob = sigmoid(bot_logits)
     return {
         "bot_prob": bot_prob,

@@ -83,3 +83,20 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_config() -> ModelConfig:
     return tiny_model_config()
+
+
+TINY_MODEL_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir, tiny_config) -> Path:
+    """A random tiny model (seed ``TINY_MODEL_SEED``) exported in the published HF layout + tiny tokenizer.
+
+    Read-only for tests: copy it first if a test must modify files.
+    """
+    from autext_jax.convert import export_checkpoint
+    from autext_jax.model import create_model
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    model = create_model(tiny_config, seed=TINY_MODEL_SEED)
+    return export_checkpoint(model, tiny_config, out, tokenizer_dir=tiny_tokenizer_dir)

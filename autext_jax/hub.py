@@ -1,0 +1,97 @@
+"""Where a model lives: the embedded default, a local directory, or a Hugging Face Hub id.
+
+Hub downloads fetch only weights, configs and tokenizer files — never Python files, so nothing
+remote is ever executed. Offline or unreachable Hubs fail at once with a one-line error.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import autext_jax
+
+DEFAULT_MODEL_DIR: Path = Path(autext_jax.__file__).parent / "assets" / "autext-jax-mini"
+
+# Files a model directory needs: weights, configs, the sentencepiece model and tokenizer files.
+ALLOW_PATTERNS = (
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "*.json",
+    "*.model",
+    "tokenizer*",
+)
+PICKLE_PATTERNS = ("*.bin",)
+CODE_PATTERNS = ("*.py",)  # only for tools/parity_check.py, which runs the original code on purpose
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No model at the given place; the message says what to pass instead."""
+
+
+def looks_like_hub_id(model: str) -> bool:
+    """``owner/name`` (or a bare legacy name) that is not a local path."""
+    return bool(_HUB_ID.match(model)) and not model.startswith((".", "~")) and ".." not in model
+
+
+def resolve_model_dir(
+    model: str | Path | None,
+    *,
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    allow_code: bool = False,
+    cache_dir: str | Path | None = None,
+) -> Path:
+    """A local directory holding the model: ``None`` → the embedded default; a directory → itself;
+    a Hub id → a snapshot of its weights/config/tokenizer files (``*.bin`` only with
+    ``allow_pickle``, ``*.py`` only with ``allow_code``)."""
+    if model is None:
+        if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"the embedded default model is missing ({DEFAULT_MODEL_DIR}); reinstall autext_jax "
+                "or pass a model directory or Hub id"
+            )
+        return DEFAULT_MODEL_DIR
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelNotFoundError(f"{model} is a file; pass the model's directory (with config.json)")
+    if isinstance(model, Path) or not looks_like_hub_id(model):
+        raise ModelNotFoundError(
+            f"model directory {model} does not exist; pass a local directory or a Hub id"
+        )
+    return _download(model, revision, allow_pickle, allow_code, cache_dir)
+
+
+def _download(repo_id: str, revision, allow_pickle: bool, allow_code: bool, cache_dir) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = list(ALLOW_PATTERNS) + (list(PICKLE_PATTERNS) if allow_pickle else [])
+    patterns += list(CODE_PATTERNS) if allow_code else []
+    ignore = [] if allow_code else list(CODE_PATTERNS)
+    try:
+        local = snapshot_download(
+            repo_id,
+            revision=revision,
+            allow_patterns=patterns,
+            ignore_patterns=ignore or None,
+            cache_dir=cache_dir,
+            etag_timeout=5,
+        )
+    except Exception as err:  # offline, unreachable, unknown repo, bad id: all end the same way for users
+        raise ModelNotFoundError(
+            f"no local directory {repo_id!r} and cannot fetch it from the Hugging Face Hub "
+            f"({_reason(err)}); download it elsewhere and pass its local directory instead"
+        ) from None
+    return Path(local)
+
+
+def _reason(err: Exception) -> str:
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set and it is not in the local cache"
+    first = str(err).strip().split("\n")[0].split(". ")[0]
+    return f"{type(err).__name__}: {first[:160]}"
