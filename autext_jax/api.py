@@ -1,0 +1,166 @@
+"""Python API: ``autext_jax.load(...)`` returns a ``Detector`` that scores texts with the engine.
+
+    >>> detector = autext_jax.load("path/to/model")            # or a Hub id, or None: the embedded model
+    >>> detector.score(["Some text.", "Otro texto."])["bot_prob"]
+
+Probabilities and ``is_bot`` come from ``scores.scores_from_logits`` (the one place they are made),
+with the checkpoint's threshold unless ``threshold`` overrides it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from autext_jax.config import ModelConfig
+from autext_jax.engine import InferenceEngine
+from autext_jax.scores import scores_from_logits
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class Detector:
+    """A loaded detector: config, NNX model, tokenizer, and the inference engine built on them."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        model,
+        tokenizer,
+        *,
+        model_dir: str | Path | None = None,
+        threshold: float | None = None,
+        max_length: int = 512,
+        batch_size: int | None = None,
+        long: str = "truncate",
+        stride: int = 128,
+        **engine_options: Any,
+    ):
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        self.config = config
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.threshold = float(config.threshold if threshold is None else threshold)
+        self.engine = InferenceEngine(
+            model,
+            tokenizer,
+            max_length=max_length,
+            batch_size=batch_size,
+            long=long,
+            stride=stride,
+            **engine_options,
+        )
+
+    def logits(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """float32 logits ``{"bot", "english"}`` of shape (N,) (for evaluation and threshold tuning)."""
+        out = self.engine.logits(_text_list(texts))
+        return {"bot": out["bot"], "english": out["english"]}
+
+    def score(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """``{"bot_prob": float32 (N,), "english_prob": float32 (N,), "is_bot": bool (N,)}``, input order."""
+        out = self.logits(texts)
+        return scores_from_logits(out["bot"], out["english"], self.threshold)
+
+    def score_iter(self, texts: Iterable[str]) -> Iterator[dict[str, Any]]:
+        """Stream per-text records ``{"bot_prob", "english_prob", "is_bot", "n_chunks"}`` in input order.
+
+        Memory stays bounded for any length of ``texts`` (it is read lazily).
+        """
+        for _, doc in self.engine.run(enumerate(_checked(texts))):
+            yield self.record(doc.bot, doc.english, doc.n_chunks)
+
+    def record(self, bot_logit: float, english_logit: float, n_chunks: int) -> dict[str, Any]:
+        """One text's record from its logits (shared by ``score_iter`` and the CLI)."""
+        s = scores_from_logits(np.float32([bot_logit]), np.float32([english_logit]), self.threshold)
+        return {
+            "bot_prob": float(s["bot_prob"][0]),
+            "english_prob": float(s["english_prob"][0]),
+            "is_bot": bool(s["is_bot"][0]),
+            "n_chunks": int(n_chunks),
+        }
+
+
+def load(
+    model: str | Path | None = None,
+    *,
+    dtype: str = "float32",
+    max_length: int = 512,
+    batch_size: int | None = None,
+    long: str = "truncate",
+    stride: int = 128,
+    threshold: float | None = None,
+    key_map: dict[str, str] | str | Path | None = None,
+    allow_pickle: bool = False,
+    **engine_options: Any,
+) -> Detector:
+    """Load a detector from a local HF-layout directory, a Hub id, or ``None`` (the embedded default model).
+
+    Hub ids download weights/config/tokenizer files only (never code). Raises
+    ``hub.ModelNotFoundError``, ``convert.ConversionError`` or ``config.ConfigError`` with a message
+    saying what to do.
+    """
+    from autext_jax.convert import load_checkpoint
+    from autext_jax.hub import resolve_model_dir
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    model_dir = resolve_model_dir(model)
+    checkpoint = load_checkpoint(model_dir, key_map=key_map, allow_pickle=allow_pickle, dtype=DTYPES[dtype])
+    tokenizer = load_tokenizer(model_dir)
+    return Detector(
+        checkpoint.config,
+        checkpoint.model,
+        tokenizer,
+        model_dir=model_dir,
+        threshold=threshold,
+        max_length=max_length,
+        batch_size=batch_size,
+        long=long,
+        stride=stride,
+        **engine_options,
+    )
+
+
+def load_tokenizer(model_dir: str | Path):
+    """The checkpoint's own tokenizer, never running code from the directory.
+
+    The class comes from ``tokenizer_config.json`` (``AutoTokenizer`` would read the published
+    ``config.json``, whose ``auto_map`` points at remote code).
+    """
+    import json
+
+    from transformers import AutoTokenizer
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    model_dir = Path(model_dir)
+    config_path = model_dir / "tokenizer_config.json"
+    try:
+        name = json.loads(config_path.read_text()).get("tokenizer_class") if config_path.is_file() else None
+        tokenizer_class = tokenizer_class_from_name(name) if name else None
+        if tokenizer_class is not None:
+            return tokenizer_class.from_pretrained(str(model_dir))
+        return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+    except (OSError, ValueError, TypeError) as err:
+        raise FileNotFoundError(
+            f"cannot load a tokenizer from {model_dir} ({type(err).__name__}: {str(err)[:120]}); the "
+            "model directory needs tokenizer.json (or sentencepiece.bpe.model) and tokenizer_config.json"
+        ) from None
+
+
+def _text_list(texts: list[str]) -> list[str]:
+    return list(_checked(texts))
+
+
+def _checked(texts: Iterable[str]) -> Iterator[str]:
+    if isinstance(texts, str):
+        raise TypeError("pass a list of texts, not a single string (e.g. detector.score([text]))")
+    for text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"every text must be a str, got {type(text).__name__}")
+        yield text
