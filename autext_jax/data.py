@@ -1,0 +1,586 @@
+"""Training/evaluation data: load any supported file layout into one schema, split, tokenize, batch.
+
+Every source is normalised to the columns ``id`` (str), ``text`` (str), ``bot`` (int8: 1 generated,
+0 human, -1 missing), ``english`` (int8: 1 en, 0 es/other, -1 missing) and ``language`` (str, ``""``
+if unknown), so the rest of the pipeline never looks at file formats.
+
+Batching policy (why the shapes are what they are): every row goes to the smallest
+``batching.bucket_lengths`` bucket that holds it, so XLA compiles one program per bucket and padding
+stays small. All buckets use the same number of rows per global batch (``global_batch_size``): one
+static batch dimension keeps sharding and the optimizer's per-example scaling simple, and the shorter
+buckets are cheap anyway. A bucket's leftover rows (fewer than a batch) move up to the next longer
+bucket instead of being dropped; only the longest bucket's remainder is dropped (training, a different
+random remainder each epoch) or padded with zero-weight rows (evaluation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autext_jax.batching import bucket_for, bucket_lengths, pad_batch, tokenize
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("auto", "tsv", "csv", "json", "parquet", "disk")
+_SUFFIX_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+_LABELS = {"human": 0, "generated": 1, "0": 0, "1": 1, "false": 0, "true": 1}
+_LANGUAGES = {
+    "en": "en", "english": "en", "eng": "en", "es": "es", "spanish": "es", "español": "es", "spa": "es"
+}
+_LANGUAGE_COLUMNS = ("language", "lang")
+_NORMALIZE_VERSION = "normalize-v2"
+_TOKENIZE_VERSION = "tokenize-v1"
+COLUMNS = ("id", "text", "bot", "english", "language")
+
+
+class DataError(ValueError):
+    """Input data the pipeline cannot use; the message names the file/column and what to fix."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how to cut it into training/validation batches.
+
+    ``val_paths`` (optional) gives an explicit validation set; otherwise ``val_fraction`` of the
+    rows of ``paths`` (chosen by a salted hash of ``language``+``id``) are held out. ``cache_dir``
+    ("" = the ``datasets`` default) is where parsed files and token ids are cached.
+    """
+
+    paths: tuple[str, ...] = ()
+    format: str = "auto"
+    val_fraction: float = 0.1
+    split_salt: str = "autext"
+    max_length: int = 128
+    languages: tuple[str, ...] = ("en", "es")
+    val_paths: tuple[str, ...] = ()
+    smallest_bucket: int = 16
+    cache_dir: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("paths", "val_paths", "languages"):  # "x" or ["x"] (e.g. from a --set) → ("x",)
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        if self.format not in FORMATS:
+            raise DataError(f"data format {self.format!r} is not one of {FORMATS}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise DataError(f"val_fraction {self.val_fraction} must be in [0, 1)")
+        if self.max_length < 2:
+            raise DataError(f"max_length must be at least 2, got {self.max_length}")
+
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        return bucket_lengths(self.max_length, smallest=min(self.smallest_bucket, self.max_length))
+
+
+# ---- loading ---------------------------------------------------------------------------------
+
+
+def _format_of(path: Path) -> str | None:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    return _SUFFIX_FORMATS.get(suffixes[-1]) if suffixes else None
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+
+
+def find_data_files(paths: Sequence[str | Path], format: str = "auto") -> list[tuple[Path, str]]:
+    """``(file, format)`` for every input: files as given, directories searched recursively (sorted)."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    found: list[tuple[Path, str]] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise DataError(f"data path {path} does not exist")
+        if _is_saved_dataset(path):
+            found.append((path, "disk"))
+        elif path.is_dir():
+            saved = sorted(p.parent for p in path.rglob("state.json") if _is_saved_dataset(p.parent))
+            files = [(p, _format_of(p)) for p in sorted(path.rglob("*")) if p.is_file()]
+            # Files inside a save_to_disk folder are that dataset's metadata, not data files.
+            files = [
+                (p, format if format != "auto" else f)
+                for p, f in files
+                if f is not None and not any(d in p.parents for d in saved)
+            ]
+            files += [(d, "disk") for d in saved]
+            if not files:
+                raise DataError(
+                    f"no data files (*.tsv, *.csv, *.jsonl, *.json, *.parquet, optionally .gz) under {path}"
+                )
+            found.extend(files)
+        else:
+            fmt = format if format != "auto" else _format_of(path)
+            if fmt is None:
+                raise DataError(f"cannot tell the format of {path} from its suffix; set format: {FORMATS}")
+            found.append((path, fmt))
+    if not found:
+        raise DataError("no data paths given")
+    return found
+
+
+def _read_file(path: Path, fmt: str, cache_dir: str | None = None):
+    """The file as a ``datasets.Dataset``; unreadable or empty files are a ``DataError`` naming the file."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path} is empty (no rows)")
+    try:
+        return _load(path, fmt, cache_dir)
+    except DataError:
+        raise
+    except Exception as err:  # parsers raise many types; the user needs the file and the reason
+        raise DataError(f"cannot read {path} as {fmt}: {type(err).__name__}: {err}") from err
+
+
+def _load(path: Path, fmt: str, cache_dir: str | None):
+    import datasets
+
+    if fmt == "disk":
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            raise DataError(
+                f"{path} holds several splits {sorted(loaded)}; pass one split's folder, e.g. "
+                f"{path / next(iter(loaded))}"
+            )
+        return loaded
+    if fmt in ("tsv", "csv"):
+        # na_filter=False: a text that reads "NA" or "null" is text, not a missing value.
+        return datasets.load_dataset(
+            "csv",
+            data_files=str(path),
+            split="train",
+            sep="\t" if fmt == "tsv" else ",",
+            keep_default_na=False,
+            na_filter=False,
+            cache_dir=cache_dir,
+        )
+    return datasets.load_dataset(fmt, data_files=str(path), split="train", cache_dir=cache_dir)
+
+
+def _language_from_path(path: Path) -> str:
+    """``en``/``es`` from the nearest folder (or the file's stem) named after a language, else ``""``."""
+    stem = path.name.split(".")[0].lower()
+    for part in [stem, *(p.name.lower() for p in path.parents)]:
+        if part in ("en", "es"):
+            return part
+    return ""
+
+
+def _label_map(ds, column: str, where: Path) -> dict[Any, int]:
+    """Map every distinct label value to 1/0/-1; unknown values are an error listing what was found."""
+    import datasets
+
+    feature = ds.features[column]
+    values = ds.unique(column)
+    names = feature.names if isinstance(feature, datasets.ClassLabel) else None
+    mapping: dict[Any, int] = {}
+    unknown = []
+    for value in values:
+        key = names[value] if names is not None and isinstance(value, int) and value >= 0 else value
+        if key is None or (isinstance(key, str) and not key.strip()) or (names is not None and value == -1):
+            mapping[value] = -1
+            continue
+        text = str(int(key)) if isinstance(key, (bool, float)) and float(key).is_integer() else str(key)
+        code = _LABELS.get(text.strip().lower())
+        if code is None:
+            unknown.append(value)
+        else:
+            mapping[value] = code
+    if unknown:
+        shown = sorted(map(repr, values))
+        more = f" and {len(shown) - 20} more" if len(shown) > 20 else ""
+        bad = ", ".join(sorted(map(repr, unknown))[:20])
+        raise DataError(
+            f"{where}: column {column!r} has unknown label values {bad}"
+            f" (values found: {', '.join(shown[:20])}{more}); expected human/generated or 0/1 (1 = generated)"
+        )
+    return mapping
+
+
+def _text_id(text: str) -> str:
+    return "text:" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _normalize(ds, path: Path):
+    """One source file → the common schema (see module docstring)."""
+    import datasets
+    from datasets.fingerprint import Hasher
+
+    if len(ds) == 0:
+        raise DataError(f"{path} has no rows")
+    columns = ds.column_names
+    if "text" not in columns:
+        raise DataError(f"{path} has no 'text' column; its columns are {columns}")
+    missing_text = ds.data.column("text").null_count
+    if missing_text:
+        raise DataError(f"{path}: {missing_text} rows have no text; fix or remove them")
+    label_column = next((c for c in ("label", "labels") if c in columns), None)
+    labels = _label_map(ds, label_column, path) if label_column else {}
+    language_column = next((c for c in _LANGUAGE_COLUMNS if c in columns), None)
+    folder_language = _language_from_path(path)
+
+    def convert(batch: dict[str, list]) -> dict[str, list]:
+        n = len(batch["text"])
+        texts = [str(t) for t in batch["text"]]
+        out = {"text": texts}
+        # A row without an id gets one from its text: stable wherever the file lives and in any order,
+        # and duplicated texts land in the same split.
+        ids = batch["id"] if "id" in batch else [None] * n
+        out["id"] = [str(i) if i is not None else _text_id(t) for i, t in zip(ids, texts, strict=True)]
+        out["bot"] = [labels[v] for v in batch[label_column]] if label_column else [-1] * n
+        raw = batch[language_column] if language_column else [None] * n
+        langs = []
+        for value in raw:
+            name = str(value).strip().lower() if value is not None else ""
+            langs.append(_LANGUAGES.get(name, name) or folder_language)
+        out["language"] = langs
+        out["english"] = [(1 if lang == "en" else 0) if lang else -1 for lang in langs]
+        return out
+
+    features = datasets.Features(
+        id=datasets.Value("string"),
+        text=datasets.Value("string"),
+        bot=datasets.Value("int8"),
+        english=datasets.Value("int8"),
+        language=datasets.Value("string"),
+    )
+    fingerprint = Hasher.hash(
+        [_NORMALIZE_VERSION, ds._fingerprint, sorted(labels.items(), key=repr), label_column]
+        + [language_column, folder_language]
+    )
+    out = ds.map(
+        convert,
+        batched=True,
+        remove_columns=columns,
+        features=features,
+        new_fingerprint=fingerprint,
+        desc=f"normalising {path.name}",
+    )
+    return out.select_columns(list(COLUMNS))
+
+
+def load_examples(
+    paths: Sequence[str | Path] | str | Path,
+    format: str = "auto",
+    *,
+    languages: Sequence[str] | None = None,
+    cache_dir: str | None = None,
+):
+    """Load and normalise every file under ``paths`` into one ``datasets.Dataset`` (schema above).
+
+    ``languages`` (optional) keeps only those languages and fails if one of them has no rows.
+    ``cache_dir`` overrides the ``datasets`` cache (default ``HF_DATASETS_CACHE``).
+    """
+    import datasets
+
+    if format not in FORMATS:
+        raise DataError(f"data format {format!r} is not one of {FORMATS}")
+    files = find_data_files(paths, format)
+    parts = [_normalize(_read_file(path, fmt, cache_dir), path) for path, fmt in files]
+    ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    if languages:
+        ds = select_languages(ds, languages)
+    return ds
+
+
+def select_languages(ds, languages: Sequence[str]):
+    """Keep rows whose language is in ``languages``; a requested language without rows is an error."""
+    wanted = [_LANGUAGES.get(lang.lower(), lang.lower()) for lang in languages]
+    found = np.asarray(column_values(ds, "language"), dtype=object)
+    present = sorted(set(found.tolist()))
+    missing = [lang for lang in wanted if lang not in present]
+    if missing:
+        raise DataError(
+            f"no rows in language(s) {missing}; the data has languages {present} "
+            f"('' = unknown: add a language column or put files in en/ or es/ folders)"
+        )
+    keep = np.isin(found, wanted)
+    if not keep.all():
+        names, counts = np.unique(found[~keep], return_counts=True)
+        dropped = {name or "unknown": int(n) for name, n in zip(names, counts, strict=True)}
+        log.warning("keeping %d of %d rows (languages %s); left out %s", keep.sum(), len(ds), wanted, dropped)
+        ds = ds.select(np.flatnonzero(keep))
+    return ds
+
+
+def summarize(ds) -> dict[str, dict[str, int]]:
+    """Row counts per language and label, e.g. ``{"en": {"human": 9, "generated": 8, "unlabelled": 0}}``."""
+    langs = np.asarray(column_values(ds, "language"), dtype=object)
+    bot = np.asarray(column_values(ds, "bot"))
+    out = {}
+    for lang in sorted(set(langs.tolist())):
+        rows = bot[langs == lang]
+        counts = {"human": (rows == 0).sum(), "generated": (rows == 1).sum(), "unlabelled": (rows < 0).sum()}
+        out[lang or "unknown"] = {k: int(v) for k, v in counts.items()}
+    return out
+
+
+def column_values(ds, name: str) -> list:
+    """One column as a Python list, fast (row-by-row access through ``ds[name]`` is slow for big data)."""
+    return ds.with_format("arrow", columns=[name])[:].column(name).to_pylist()
+
+
+# ---- split -----------------------------------------------------------------------------------
+
+
+def _hash_unit(key: str) -> float:
+    """A stable float in [0, 1) from a string (same on every machine and Python version)."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def split_by_id(ds, val_fraction: float, salt: str = "autext"):
+    """``(train, val)``: a row is in validation iff hash(salt, language, id) < val_fraction.
+
+    The language is part of the key because the official files number ids per language (en id 5 and
+    es id 5 are different texts). File order never matters.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction {val_fraction} must be in [0, 1)")
+    ids, langs = column_values(ds, "id"), column_values(ds, "language")
+    keys = (f"{salt}\x00{lang}\x00{i}" for i, lang in zip(ids, langs, strict=True))
+    is_val = np.array([_hash_unit(key) < val_fraction for key in keys], dtype=bool)
+    return ds.select(np.flatnonzero(~is_val)), ds.select(np.flatnonzero(is_val))
+
+
+# ---- tokenization ----------------------------------------------------------------------------
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A stable identity for a tokenizer, so cached token ids are reused only with the same vocabulary."""
+    from datasets.fingerprint import Hasher
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # Calling the tokenizer sets its truncation/padding state, which must not change the identity.
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        return Hasher.hash(json.dumps(state, sort_keys=True))
+    return Hasher.hash([type(tokenizer).__name__, sorted(tokenizer.get_vocab().items())])
+
+
+def tokenize_dataset(ds, tokenizer, max_length: int, *, num_proc: int | None = None):
+    """Add ``input_ids`` (list[int], special tokens included, truncated) and ``length``; cached on disk.
+
+    The map's fingerprint is (dataset, tokenizer vocabulary, max_length), so a second run with the same
+    inputs reads the tokens from the ``datasets`` cache instead of tokenizing again.
+    """
+    import datasets
+    from datasets.fingerprint import Hasher
+
+    if len(ds) == 0:
+        raise DataError("cannot tokenize an empty dataset")
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        ids = tokenize(tokenizer, batch["text"], max_length)
+        return {"input_ids": ids, "length": [len(x) for x in ids]}
+
+    features = ds.features.copy()
+    features["input_ids"] = datasets.Sequence(datasets.Value("int32"))
+    features["length"] = datasets.Value("int32")
+    key = [_TOKENIZE_VERSION, ds._fingerprint, tokenizer_fingerprint(tokenizer), max_length]
+    fingerprint = Hasher.hash(key)
+    return ds.map(
+        encode,
+        batched=True,
+        batch_size=1000,
+        features=features,
+        new_fingerprint=fingerprint,
+        num_proc=num_proc,
+        desc="tokenizing",
+    )
+
+
+def build_datasets(cfg: DataConfig, tokenizer):
+    """``(train, val)`` tokenized datasets from a ``DataConfig`` (the usual training entry point)."""
+    cache_dir = cfg.cache_dir or None
+    examples = load_examples(cfg.paths, cfg.format, languages=cfg.languages, cache_dir=cache_dir)
+    full = tokenize_dataset(examples, tokenizer, cfg.max_length)
+    if cfg.val_paths:
+        val = load_examples(cfg.val_paths, cfg.format, languages=cfg.languages, cache_dir=cache_dir)
+        return full, tokenize_dataset(val, tokenizer, cfg.max_length)
+    train, val = split_by_id(full, cfg.val_fraction, cfg.split_salt)
+    if len(train) == 0:
+        raise DataError(f"val_fraction {cfg.val_fraction} left no training rows")
+    return train, val
+
+
+# ---- batching --------------------------------------------------------------------------------
+
+
+class BatchStream:
+    """Deterministic length-bucketed batches of fixed shapes; see the module docstring for the policy.
+
+    Every process computes the same global plan (from all rows' lengths) and materialises only its
+    slice ``[process_index·B_local, (process_index+1)·B_local)`` of each global batch, so
+    ``jax.make_array_from_process_local_data`` can assemble the global array. The plan for an epoch
+    is a pure function of ``(seed, epoch)``; ``batches(epoch, start)`` skips the first ``start``.
+    """
+
+    def __init__(
+        self,
+        ds,
+        *,
+        global_batch_size: int,
+        buckets: Sequence[int],
+        seed: int = 0,
+        pad_id: int = 1,
+        process_index: int = 0,
+        process_count: int = 1,
+        shuffle: bool = True,
+        drop_remainder: bool = True,
+        with_index: bool = False,
+    ):
+        if global_batch_size < 1 or global_batch_size % process_count:
+            raise DataError(
+                f"global_batch_size {global_batch_size} must be a positive multiple of "
+                f"process_count {process_count}"
+            )
+        if not 0 <= process_index < process_count:
+            raise DataError(f"process_index {process_index} is outside [0, {process_count})")
+        if len(ds) == 0:
+            raise DataError("cannot batch an empty dataset")
+        missing = [c for c in ("input_ids", "bot", "english") if c not in ds.column_names]
+        if missing:
+            raise DataError(
+                f"dataset lacks columns {missing} (run tokenize_dataset first); it has {ds.column_names}"
+            )
+        self.buckets = tuple(sorted(buckets))
+        self.global_batch_size = global_batch_size
+        self.local_batch_size = global_batch_size // process_count
+        self.seed, self.pad_id = seed, pad_id
+        self.process_index, self.process_count = process_index, process_count
+        self.shuffle, self.drop_remainder, self.with_index = shuffle, drop_remainder, with_index
+
+        table = ds.with_format("arrow", columns=["input_ids", "bot", "english"])[:]
+        ids = table.column("input_ids").combine_chunks()
+        self._offsets = np.asarray(ids.offsets, dtype=np.int64)
+        self._tokens = np.asarray(ids.values, dtype=np.int32)
+        self.lengths = np.diff(self._offsets).astype(np.int64)
+        too_long = int(self.lengths.max())
+        if too_long > self.buckets[-1]:
+            raise DataError(f"a row has {too_long} tokens, more than the longest bucket {self.buckets[-1]}")
+        self.bot = np.asarray(table.column("bot").to_numpy(), dtype=np.int8)
+        self.english = np.asarray(table.column("english").to_numpy(), dtype=np.int8)
+        self.bucket_of_row = np.searchsorted(np.asarray(self.buckets), self.lengths, side="left")
+        self._counts = np.bincount(self.bucket_of_row, minlength=len(self.buckets))
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Global batches per epoch: depends only on the row lengths, so it is the same everywhere."""
+        steps, carry = 0, 0
+        for count in self._counts:
+            available = int(count) + carry
+            steps += available // self.global_batch_size
+            carry = available % self.global_batch_size
+        if carry and not self.drop_remainder:
+            steps += 1
+        return steps
+
+    def plan(self, epoch: int) -> list[tuple[int, np.ndarray]]:
+        """``[(bucket_length, row_indices)]`` of every global batch of ``epoch``, in order.
+
+        A final padded batch (``drop_remainder=False``) has fewer than ``global_batch_size`` indices.
+        """
+        rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
+        batches: list[tuple[int, np.ndarray]] = []
+        carry = np.zeros(0, dtype=np.int64)
+        size = self.global_batch_size
+        for b, length in enumerate(self.buckets):
+            rows = np.flatnonzero(self.bucket_of_row == b)
+            if rng is not None:
+                rows = rng.permutation(rows)
+            rows = np.concatenate([carry, rows])
+            full = len(rows) // size * size
+            batches.extend((length, rows[i : i + size]) for i in range(0, full, size))
+            carry = rows[full:]
+        if len(carry) and not self.drop_remainder:
+            batches.append((bucket_for(int(self.lengths[carry].max()), self.buckets), carry))
+        if rng is not None:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """This process's rows of global batches ``start..steps_per_epoch-1`` of ``epoch``."""
+        if not 0 <= start <= self.steps_per_epoch:
+            raise DataError(f"start {start} is outside [0, {self.steps_per_epoch}]")
+        for length, rows in self.plan(epoch)[start:]:
+            yield self._materialize(length, rows)
+
+    def _materialize(self, length: int, rows: np.ndarray) -> dict[str, np.ndarray]:
+        lo = self.process_index * self.local_batch_size
+        mine = rows[lo : lo + self.local_batch_size]
+        n, b = len(mine), self.local_batch_size
+        seqs = [self._tokens[self._offsets[r] : self._offsets[r + 1]] for r in mine]
+        input_ids, attention_mask = pad_batch(seqs, length, b, self.pad_id)
+        weight = np.zeros(b, np.float32)
+        weight[:n] = 1.0
+        out = {"input_ids": input_ids, "attention_mask": attention_mask, "weight": weight}
+        for task, labels in (("bot", self.bot), ("english", self.english)):
+            values = np.zeros(b, np.float32)
+            present = np.zeros(b, np.float32)
+            values[:n] = np.maximum(labels[mine], 0)
+            present[:n] = labels[mine] >= 0
+            out[task], out[f"{task}_mask"] = values, present
+        if self.with_index:
+            index = np.full(b, -1, np.int32)
+            index[:n] = mine
+            out["index"] = index
+        return out
+
+
+def eval_batches(
+    ds,
+    *,
+    global_batch_size: int,
+    buckets: Sequence[int],
+    pad_id: int = 1,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Every row exactly once, in fixed-shape bucketed batches; padding rows have weight 0, index -1.
+
+    ``index`` holds each row's position in ``ds`` so predictions can be put back in dataset order.
+    """
+    stream = BatchStream(
+        ds,
+        global_batch_size=global_batch_size,
+        buckets=buckets,
+        pad_id=pad_id,
+        process_index=process_index,
+        process_count=process_count,
+        shuffle=False,
+        drop_remainder=False,
+        with_index=True,
+    )
+    return stream.batches(0)
+
+
+__all__ = [
+    "BatchStream",
+    "DataConfig",
+    "DataError",
+    "build_datasets",
+    "eval_batches",
+    "find_data_files",
+    "load_examples",
+    "select_languages",
+    "split_by_id",
+    "summarize",
+    "tokenize_dataset",
+]

@@ -1,0 +1,462 @@
+"""Evaluation: the shared task's metric, threshold choice, bootstrap intervals, a JSON report and plots.
+
+The AuTexTification metric is macro-F1: the unweighted mean of the F1 of ``human`` (0) and
+``generated`` (1). A prediction is ``prob >= threshold`` everywhere (as ``scores.scores_from_logits``).
+A class absent from both labels and predictions scores F1 0 (sklearn's ``labels=[0, 1],
+zero_division=0``), so a degenerate sample is never rewarded.
+
+CLI::
+
+    python -m autext_jax.evaluate --model DIR --data PATH [--threshold T | --target-fpr F] [--output-dir DIR]
+
+writes ``report.json`` and ``roc.png``, ``score_histograms.png``, ``macro_f1_vs_threshold.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CLASS_NAMES = ("human", "generated")
+
+
+def _as_arrays(labels, values) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels).astype(np.int64).ravel()
+    v = np.asarray(values).ravel()
+    if y.shape != v.shape:
+        raise ValueError(f"labels ({y.shape[0]}) and predictions/scores ({v.shape[0]}) differ in length")
+    if y.size and not np.isin(y, (0, 1)).all():
+        raise ValueError(f"labels must be 0 (human) or 1 (generated); found {sorted(set(y.tolist()))}")
+    return y, v
+
+
+def predict(probs, threshold: float) -> np.ndarray:
+    """``is_bot`` exactly as ``scores.scores_from_logits`` makes it (float32 comparison, ``>=``)."""
+    return np.asarray(probs, dtype=np.float32) >= np.float32(threshold)
+
+
+# ---- point metrics ---------------------------------------------------------------------------
+
+
+def confusion_matrix(labels, predictions) -> np.ndarray:
+    """``[[tn, fp], [fn, tp]]``: rows are the true class (human, generated), columns the predicted one."""
+    y, p = _as_arrays(labels, predictions)
+    p = p.astype(np.int64)
+    return np.bincount(2 * y + p, minlength=4).reshape(2, 2)
+
+
+def _f1_from_counts(tp, fp, fn) -> np.ndarray:
+    tp, fp, fn = (np.asarray(x, dtype=np.float64) for x in (tp, fp, fn))
+    denominator = 2 * tp + fp + fn
+    return np.divide(2 * tp, denominator, out=np.zeros_like(denominator), where=denominator > 0)
+
+
+def _macro_from_counts(tp, fp, fn, tn) -> np.ndarray:
+    return 0.5 * (_f1_from_counts(tp, fp, fn) + _f1_from_counts(tn, fn, fp))
+
+
+def per_class_f1(labels, predictions) -> tuple[float, float]:
+    """``(F1 of human, F1 of generated)``."""
+    (tn, fp), (fn, tp) = confusion_matrix(labels, predictions)
+    return float(_f1_from_counts(tn, fn, fp)), float(_f1_from_counts(tp, fp, fn))
+
+
+def macro_f1(labels, predictions) -> float:
+    """The shared task's metric: unweighted mean of the human and generated F1, in [0, 1]."""
+    return float(np.mean(per_class_f1(labels, predictions)))
+
+
+# ---- threshold sweeps ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Counts at every distinct score, highest first: predicting ``score >= thresholds[i]`` gives
+    ``tp[i]`` true and ``fp[i]`` false positives out of ``positives`` generated and ``negatives`` human."""
+
+    thresholds: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    positives: int
+    negatives: int
+
+    @property
+    def macro_f1(self) -> np.ndarray:
+        fn, tn = self.positives - self.tp, self.negatives - self.fp
+        return _macro_from_counts(self.tp, self.fp, fn, tn)
+
+
+def sweep(labels, probs) -> Sweep:
+    """All operating points in O(n log n) (one sort and a cumulative sum)."""
+    y, s = _as_arrays(labels, probs)
+    if y.size == 0:
+        raise ValueError("no labelled rows to evaluate")
+    s = s.astype(np.float32)
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    last_of_value = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]
+    tp = np.cumsum(y)[last_of_value]
+    fp = last_of_value + 1 - tp
+    return Sweep(s[last_of_value], tp, fp, int(y.sum()), int(y.size - y.sum()))
+
+
+def roc_curve(labels, probs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fpr, tpr, thresholds)`` starting at ``(0, 0, inf)``, as sklearn's ``drop_intermediate=False``."""
+    sw = sweep(labels, probs)
+    if not sw.positives or not sw.negatives:
+        raise ValueError("a ROC curve needs both human and generated rows")
+    fpr = np.r_[0.0, sw.fp / sw.negatives]
+    tpr = np.r_[0.0, sw.tp / sw.positives]
+    return fpr, tpr, np.r_[np.inf, sw.thresholds.astype(np.float64)]
+
+
+def roc_auc(labels, probs) -> float:
+    fpr, tpr, _ = roc_curve(labels, probs)
+    return float(np.trapezoid(tpr, fpr))
+
+
+def _above(value: np.float32) -> float:
+    return float(np.nextafter(np.float32(value), np.float32(np.inf)))
+
+
+def best_threshold(labels, probs) -> tuple[float, float]:
+    """``(threshold, macro_f1)`` maximising macro-F1 on these rows.
+
+    The threshold sits halfway (in float32) between the chosen cut score and the next lower score,
+    which predicts these rows identically and generalises better than the cut score itself. Ties go
+    to the highest threshold (fewest false positives).
+    """
+    sw = sweep(labels, probs)
+    scores = sw.macro_f1
+    best = int(np.argmax(scores))
+    cut = sw.thresholds[best]
+    threshold = float(cut)
+    nothing_flagged = _macro_from_counts(0, 0, sw.positives, sw.negatives)
+    if nothing_flagged > scores[best] and _above(sw.thresholds[0]) <= 1.0:
+        return _above(sw.thresholds[0]), float(nothing_flagged)
+    if best + 1 < len(sw.thresholds):
+        lower = sw.thresholds[best + 1]
+        middle = np.float32((np.float64(cut) + np.float64(lower)) / 2)
+        if lower < middle <= cut:
+            threshold = float(middle)
+    return threshold, float(scores[best])
+
+
+def threshold_for_fpr(labels, probs, target_fpr: float) -> float:
+    """The threshold with the largest recall whose false-positive rate on human rows is ``<= target_fpr``.
+
+    If even the highest score exceeds the budget, the threshold is just above it (nothing is flagged).
+    """
+    if not 0.0 <= target_fpr <= 1.0:
+        raise ValueError(f"target FPR {target_fpr} is outside [0, 1]")
+    sw = sweep(labels, probs)
+    if not sw.negatives:
+        raise ValueError("no human rows: the false-positive rate is undefined")
+    allowed = np.flatnonzero(sw.fp <= target_fpr * sw.negatives + 1e-9)
+    if allowed.size == 0:
+        return _above(sw.thresholds[0])
+    return float(sw.thresholds[allowed[-1]])
+
+
+def bootstrap_ci(
+    labels,
+    predictions,
+    metric: Callable[[np.ndarray, np.ndarray], float] = macro_f1,
+    n: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``metric`` (rows resampled with replacement, ``n`` times)."""
+    y, p = _as_arrays(labels, predictions)
+    if y.size == 0:
+        raise ValueError("no rows to bootstrap")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level {level} is outside (0, 1)")
+    rng = np.random.default_rng(seed)
+    values = np.empty(n, dtype=np.float64)
+    for i in range(n):
+        sample = rng.integers(0, y.size, size=y.size)
+        values[i] = metric(y[sample], p[sample])
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+# ---- report ----------------------------------------------------------------------------------
+
+
+def _group_report(y, probs, threshold: float, n_bootstrap: int, seed: int) -> dict[str, Any]:
+    pred = predict(probs, threshold)
+    (tn, fp), (fn, tp) = matrix = confusion_matrix(y, pred)
+    f1_human, f1_generated = per_class_f1(y, pred)
+    out: dict[str, Any] = {
+        "n": int(y.size),
+        "n_human": int(tn + fp),
+        "n_generated": int(fn + tp),
+        "macro_f1": float((f1_human + f1_generated) / 2),
+        "macro_f1_ci95": list(bootstrap_ci(y, pred, n=n_bootstrap, seed=seed)) if n_bootstrap else None,
+        "f1_human": f1_human,
+        "f1_generated": f1_generated,
+        "false_positive_rate": float(fp / (tn + fp)) if tn + fp else None,
+        "recall": float(tp / (tp + fn)) if tp + fn else None,
+        "confusion_matrix": {
+            "rows": "true [human, generated]",
+            "columns": "predicted [human, generated]",
+            "matrix": matrix.tolist(),
+        },
+        "roc_auc": roc_auc(y, probs) if 0 < tp + fn < y.size else None,
+    }
+    best, best_f1 = best_threshold(y, probs)
+    out["best_threshold_here"] = {"threshold": best, "macro_f1": best_f1}
+    return out
+
+
+def evaluate_predictions(
+    bot_labels,
+    bot_probs,
+    *,
+    threshold: float | None = None,
+    target_fpr: float | None = None,
+    languages: Sequence[str] | None = None,
+    english_labels=None,
+    english_probs=None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The report: macro-F1 (with CI), confusion matrix, ROC AUC, FPR overall and per language.
+
+    Threshold: ``target_fpr`` → chosen on these rows by :func:`threshold_for_fpr`; else ``threshold``
+    (e.g. the model's); else the best macro-F1 threshold on these rows. Rows whose bot label is -1
+    (missing) are excluded from the bot metrics and counted in ``n_unlabelled``.
+    """
+    labels = np.asarray(bot_labels).astype(np.int64).ravel()
+    probs = np.asarray(bot_probs, dtype=np.float32).ravel()
+    langs = np.asarray(languages if languages is not None else [""] * labels.size, dtype=object)
+    if not labels.size == probs.size == langs.size:
+        raise ValueError(f"{labels.size} labels, {probs.size} scores and {langs.size} languages differ")
+    labelled = labels >= 0
+    if not labelled.any():
+        raise ValueError("no row has a human/generated label; evaluation needs labelled data")
+    y, p, lang = labels[labelled], probs[labelled], langs[labelled]
+    if target_fpr is not None:
+        chosen = threshold_for_fpr(y, p, target_fpr)
+        how = f"largest recall with FPR <= {target_fpr} on this data"
+    elif threshold is not None:
+        chosen, how = float(threshold), "given"
+    else:
+        chosen, how = best_threshold(y, p)[0], "best macro-F1 on this data"
+    report: dict[str, Any] = {
+        "threshold": chosen,
+        "threshold_source": how,
+        "target_fpr": target_fpr,
+        "n": int(labels.size),
+        "n_unlabelled": int((~labelled).sum()),
+        "overall": _group_report(y, p, chosen, n_bootstrap, seed),
+        "per_language": {},
+    }
+    for name in sorted(set(lang.tolist())):
+        rows = lang == name
+        report["per_language"][name or "unknown"] = _group_report(y[rows], p[rows], chosen, n_bootstrap, seed)
+    if english_labels is not None and english_probs is not None:
+        report["language_accuracy"] = language_accuracy(english_labels, english_probs, langs)
+    return report
+
+
+def language_accuracy(english_labels, english_probs, languages=None) -> dict[str, Any]:
+    """Accuracy of the language head (``english_prob >= 0.5``) on rows with a known language."""
+    y = np.asarray(english_labels).astype(np.int64).ravel()
+    correct = (np.asarray(english_probs, dtype=np.float32).ravel() >= 0.5) == (y == 1)
+    known = y >= 0
+    langs = np.asarray(languages if languages is not None else [""] * y.size, dtype=object)
+    accuracy = float(correct[known].mean()) if known.any() else None
+    out: dict[str, Any] = {"n": int(known.sum()), "accuracy": accuracy}
+    for name in sorted(set(langs[known].tolist())):
+        rows = known & (langs == name)
+        out[name or "unknown"] = float(correct[rows].mean())
+    return out
+
+
+# ---- plots -----------------------------------------------------------------------------------
+
+
+def write_plots(out_dir: Path, labels, probs, languages, threshold: float) -> list[Path]:
+    """``roc.png``, ``score_histograms.png``, ``macro_f1_vs_threshold.png`` (one curve/panel per language)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = np.asarray(labels).astype(np.int64)
+    probs = np.asarray(probs, dtype=np.float32)
+    langs = np.asarray(languages, dtype=object)
+    groups = [(name or "unknown", langs == name) for name in sorted(set(langs.tolist()))]
+    if len(groups) > 1:
+        groups.append(("all", np.ones(labels.size, dtype=bool)))
+    written = []
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, rows in groups:
+        if 0 < labels[rows].sum() < rows.sum():
+            fpr, tpr, _ = roc_curve(labels[rows], probs[rows])
+            ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(labels[rows], probs[rows]):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set(xlabel="false-positive rate (human flagged)", ylabel="true-positive rate", title="ROC")
+    ax.legend(loc="lower right")
+    written.append(_save(fig, out_dir / "roc.png"))
+
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.5), squeeze=False)
+    bins = np.linspace(0.0, 1.0, 41)
+    for ax, (name, rows) in zip(axes[0], groups, strict=True):
+        for value, class_name in enumerate(CLASS_NAMES):
+            ax.hist(probs[rows & (labels == value)], bins=bins, alpha=0.6, label=class_name)
+        ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
+        ax.set(title=name, xlabel="bot probability", ylabel="texts")
+        ax.legend()
+    written.append(_save(fig, out_dir / "score_histograms.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, rows in groups:
+        sw = sweep(labels[rows], probs[rows])  # exact: one point per distinct score, however close to 1
+        ax.step(sw.thresholds, sw.macro_f1, where="post", label=name)
+    ax.axvline(threshold, color="black", linestyle="--", label=f"chosen {threshold:.4g}")
+    ax.set(xlabel="threshold", ylabel="macro-F1", title="macro-F1 vs threshold", ylim=(0, 1))
+    ax.legend()
+    written.append(_save(fig, out_dir / "macro_f1_vs_threshold.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ---- CLI -------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m autext_jax.evaluate",
+        description="Score a labelled data set with a detector; write report.json and PNG plots.",
+    )
+    parser.add_argument("--model", default=None, help="model dir or Hub id (default: embedded model)")
+    parser.add_argument("--data", required=True, nargs="+", help="data files/folders (TSV, CSV, JSONL, ...)")
+    parser.add_argument("--format", default="auto", help="data format (default: from the file names)")
+    parser.add_argument("--languages", nargs="*", default=None, help="keep only these languages (e.g. en es)")
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--threshold", type=float, default=None, help="decision threshold on bot_prob")
+    choice.add_argument(
+        "--target-fpr",
+        type=float,
+        default=None,
+        help="pick the threshold giving at most this false-positive rate on human texts",
+    )
+    parser.add_argument("--output-dir", default="eval_report", help="where report.json and the PNGs go")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CI")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--save-predictions", action="store_true", help="also write predictions.jsonl")
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Load, score, measure, write. Returns the report."""
+    import autext_jax
+    from autext_jax.data import column_values, load_examples
+    from autext_jax.scores import scores_from_logits
+
+    if args.target_fpr is not None and not 0.0 <= args.target_fpr <= 1.0:
+        raise ValueError(f"--target-fpr {args.target_fpr} is outside [0, 1]")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise ValueError(f"--threshold {args.threshold} is outside [0, 1]")
+    ds = load_examples(args.data, args.format, languages=args.languages)
+    detector = autext_jax.load(args.model, max_length=args.max_length, batch_size=args.batch_size)
+    logits = detector.logits(column_values(ds, "text"))
+    probs = scores_from_logits(logits["bot"], logits["english"], 0.5)
+    use_model_threshold = args.threshold is None and args.target_fpr is None
+    threshold = float(detector.threshold) if use_model_threshold else args.threshold
+    languages = column_values(ds, "language")
+    bot_labels = np.asarray(column_values(ds, "bot"))
+    report = evaluate_predictions(
+        bot_labels,
+        probs["bot_prob"],
+        threshold=threshold,
+        target_fpr=args.target_fpr,
+        languages=languages,
+        english_labels=column_values(ds, "english"),
+        english_probs=probs["english_prob"],
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+    )
+    if use_model_threshold:
+        report["threshold_source"] = "the model's configured threshold"
+    report["model"] = str(detector.model_dir)
+    report["data"] = [str(p) for p in args.data]
+
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if args.save_predictions:
+        final = scores_from_logits(logits["bot"], logits["english"], report["threshold"])
+        with open(out_dir / "predictions.jsonl", "w") as f:
+            for i, row_id in enumerate(column_values(ds, "id")):
+                record = {
+                    "id": row_id,
+                    "language": languages[i],
+                    "label": int(bot_labels[i]),
+                    "bot_prob": float(final["bot_prob"][i]),
+                    "english_prob": float(final["english_prob"][i]),
+                    "is_bot": bool(final["is_bot"][i]),
+                }
+                f.write(json.dumps(record) + "\n")
+    if not args.no_plots:
+        labelled = bot_labels >= 0
+        write_plots(
+            out_dir,
+            bot_labels[labelled],
+            probs["bot_prob"][labelled],
+            np.asarray(languages, dtype=object)[labelled],
+            report["threshold"],
+        )
+    return report
+
+
+def _summary(report: dict[str, Any]) -> str:
+    lines = [f"threshold {report['threshold']:.6g} ({report['threshold_source']})"]
+    for name, group in [("all", report["overall"]), *report["per_language"].items()]:
+        ci = group["macro_f1_ci95"]
+        ci_text = f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
+        lines.append(f"{name:>8}: macro-F1 {group['macro_f1']:.4f}{ci_text}  n={group['n']}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit codes: 0 done, 2 bad arguments/data/model (one line on stderr, no traceback)."""
+    from autext_jax.config import ConfigError
+    from autext_jax.data import DataError
+
+    args = _parser().parse_args(argv)
+    try:
+        report = run(args)
+    except (DataError, ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(_summary(report))
+    print(f"wrote {Path(args.output_dir) / 'report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

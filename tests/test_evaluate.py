@@ -1,0 +1,207 @@
+"""Evaluation metrics agree with scikit-learn; the report and the CLI describe what the model did."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from autext_jax import evaluate as ev
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _private_datasets_cache(tmp_path_factory):
+    """Keep the parsed test files out of the user's ``datasets`` cache."""
+    import datasets
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("datasets_cache"))
+        yield
+
+
+def _scores(n: int, seed: int, ties: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and bot probabilities that are informative but imperfect (optionally with many ties)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, size=n)
+    probs = np.clip(0.5 + 0.25 * (labels - 0.5) + rng.normal(0, 0.2, size=n), 0, 1).astype(np.float32)
+    if ties:
+        probs = np.round(probs, 1).astype(np.float32)
+    return labels, probs
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_macro_f1_and_confusion_match_sklearn(seed):
+    labels, probs = _scores(200, seed)
+    for threshold in (0.0, 0.3, 0.5, 0.7, 1.01):
+        pred = ev.predict(probs, threshold)
+        expected = skm.f1_score(labels, pred, average="macro", labels=[0, 1], zero_division=0)
+        assert ev.macro_f1(labels, pred) == pytest.approx(expected, abs=1e-12)
+        expected_matrix = skm.confusion_matrix(labels, pred, labels=[0, 1])
+        assert ev.confusion_matrix(labels, pred).tolist() == expected_matrix.tolist()
+    # Degenerate: one class only in labels and predictions.
+    assert ev.macro_f1([1, 1, 1], [1, 1, 1]) == pytest.approx(0.5)
+    assert ev.macro_f1([0, 1], [1, 0]) == 0.0
+    with pytest.raises(ValueError, match="0 \\(human\\) or 1"):
+        ev.macro_f1([0, 2], [0, 1])
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_roc_matches_sklearn(ties):
+    labels, probs = _scores(300, 3, ties=ties)
+    fpr, tpr, thresholds = ev.roc_curve(labels, probs)
+    sk_fpr, sk_tpr, sk_thr = skm.roc_curve(labels, probs, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, sk_fpr)
+    np.testing.assert_allclose(tpr, sk_tpr)
+    np.testing.assert_allclose(thresholds[1:], sk_thr[1:])
+    assert ev.roc_auc(labels, probs) == pytest.approx(skm.roc_auc_score(labels, probs), abs=1e-12)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_best_threshold_is_the_best(ties):
+    labels, probs = _scores(300, 4, ties=ties)
+    threshold, score = ev.best_threshold(labels, probs)
+    brute = max(
+        skm.f1_score(labels, probs >= t, average="macro", labels=[0, 1], zero_division=0)
+        for t in np.unique(probs)
+    )
+    assert score == pytest.approx(brute, abs=1e-12)
+    assert ev.macro_f1(labels, ev.predict(probs, threshold)) == pytest.approx(score, abs=1e-12)
+    # Separable data: the threshold lands strictly between the classes, not on a score.
+    threshold, score = ev.best_threshold([0, 0, 1, 1], np.array([0.1, 0.2, 0.8, 0.9], np.float32))
+    assert score == 1.0 and 0.2 < threshold < 0.8
+
+
+@pytest.mark.parametrize("target", [0.0, 0.01, 0.05, 0.2, 0.5])
+def test_threshold_for_fpr_is_largest_recall_within_budget(target):
+    labels, probs = _scores(400, 5, ties=True)
+    threshold = ev.threshold_for_fpr(labels, probs, target)
+    pred = ev.predict(probs, threshold)
+    (tn, fp), (fn, tp) = ev.confusion_matrix(labels, pred)
+    assert fp / (fp + tn) <= target
+    sk_fpr, sk_tpr, _ = skm.roc_curve(labels, probs, drop_intermediate=False)
+    assert tp / (tp + fn) == pytest.approx(sk_tpr[sk_fpr <= target].max())
+    # Unreachable budget: the top score is a human text, so nothing may be flagged.
+    threshold = ev.threshold_for_fpr([0, 1, 1], np.array([0.9, 0.5, 0.4], np.float32), 0.0)
+    assert threshold > 0.9 and not ev.predict([0.9, 0.5, 0.4], threshold).any()
+
+
+def test_bootstrap_ci():
+    labels, probs = _scores(400, 6)
+    pred = ev.predict(probs, 0.5)
+    point = ev.macro_f1(labels, pred)
+    low, high = ev.bootstrap_ci(labels, pred, n=300, seed=1)
+    assert low < point < high and 0.02 < high - low < 0.2
+    assert ev.bootstrap_ci(labels, pred, n=300, seed=1) == (low, high)
+    assert ev.bootstrap_ci(labels, pred, n=300, seed=2) != (low, high)
+    big_labels, big_probs = _scores(6400, 7)
+    big_low, big_high = ev.bootstrap_ci(big_labels, ev.predict(big_probs, 0.5), n=300, seed=1)
+    assert 0.15 < (big_high - big_low) / (high - low) < 0.4  # width shrinks like 1/sqrt(n): 1/4 here
+    narrow = ev.bootstrap_ci(labels, pred, n=300, seed=1, level=0.5)
+    assert low < narrow[0] < narrow[1] < high
+    assert ev.bootstrap_ci([0, 1] * 20, [0, 1] * 20, n=50) == (1.0, 1.0)  # perfect predictions
+
+
+def test_report_per_language_and_missing_labels():
+    labels, probs = _scores(120, 8)
+    languages = np.array(["en"] * 70 + ["es"] * 50, dtype=object)
+    labels = labels.copy()
+    labels[:5] = -1  # unlabelled rows are counted, not scored
+    english = (languages == "en").astype(int)
+    english_probs = np.where(english == 1, 0.9, 0.1).astype(np.float32)
+    english_probs[-10:] = 0.8  # the language head gets 10 Spanish rows wrong
+    report = ev.evaluate_predictions(
+        labels, probs, threshold=0.5, languages=languages, english_labels=english,
+        english_probs=english_probs, n_bootstrap=100,
+    )
+    assert report["threshold"] == 0.5 and report["threshold_source"] == "given"
+    assert report["n"] == 120 and report["n_unlabelled"] == 5
+    assert set(report["per_language"]) == {"en", "es"}
+    for name, rows in (("en", slice(5, 70)), ("es", slice(70, 120))):
+        group = report["per_language"][name]
+        pred = probs[rows] >= 0.5
+        assert group["n"] == len(labels[rows])
+        assert group["macro_f1"] == pytest.approx(skm.f1_score(labels[rows], pred, average="macro"))
+        assert group["confusion_matrix"]["matrix"] == skm.confusion_matrix(labels[rows], pred).tolist()
+        low, high = group["macro_f1_ci95"]
+        assert low <= group["macro_f1"] <= high
+    assert report["overall"]["n"] == 115
+    accuracy = report["language_accuracy"]
+    assert accuracy["en"] == 1.0 and accuracy["es"] == pytest.approx(0.8) and accuracy["n"] == 120
+    by_fpr = ev.evaluate_predictions(labels, probs, target_fpr=0.1, languages=languages, n_bootstrap=0)
+    assert by_fpr["overall"]["false_positive_rate"] <= 0.1 and by_fpr["overall"]["macro_f1_ci95"] is None
+    best = ev.evaluate_predictions(labels, probs, languages=languages, n_bootstrap=0)
+    assert best["threshold_source"].startswith("best")
+    assert best["overall"]["macro_f1"] >= report["overall"]["macro_f1"]
+    assert json.loads(json.dumps(report)) == report  # JSON-serialisable as is
+    with pytest.raises(ValueError, match="no row has a human/generated label"):
+        ev.evaluate_predictions([-1, -1], [0.1, 0.2])
+
+
+def test_plots_are_written(tmp_path):
+    labels, probs = _scores(100, 9)
+    languages = np.array(["en", "es"] * 50, dtype=object)
+    written = ev.write_plots(tmp_path, labels, probs, languages, threshold=0.5)
+    assert {p.name for p in written} == {"roc.png", "score_histograms.png", "macro_f1_vs_threshold.png"}
+    for path in written:
+        assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 5000
+
+
+# ---- CLI -------------------------------------------------------------------------------------
+
+
+def _write_eval_data(root: Path) -> Path:
+    words = "the of and to in is el la de que y en".split()
+    for lang in ("en", "es"):
+        (root / lang).mkdir(parents=True)
+        lines = ["id\ttext\tlabel"]
+        for i in range(24):
+            text = " ".join(words[(i * 7 + k) % len(words)] for k in range(3 + i % 9))
+            lines.append(f"{i}\t{text}\t{'generated' if i % 3 else 'human'}")
+        with gzip.open(root / lang / "test.tsv.gz", "wt") as f:
+            f.write("\n".join(lines) + "\n")
+    return root
+
+
+def test_cli_writes_report_plots_and_predictions(tmp_path, tiny_model_dir):
+    data = _write_eval_data(tmp_path / "data")
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_model_dir), "--data", str(data), "--output-dir", str(out)]
+    argv += ["--bootstrap", "50"]
+    assert ev.main([*argv, "--save-predictions"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["threshold_source"] == "the model's configured threshold" and report["threshold"] == 0.5
+    assert {k: v["n"] for k, v in report["per_language"].items()} == {"en": 24, "es": 24}
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 48
+    assert all(r["is_bot"] == (np.float32(r["bot_prob"]) >= np.float32(0.5)) for r in rows)
+    for lang in ("en", "es"):
+        mine = [r for r in rows if r["language"] == lang]
+        expected = skm.f1_score([r["label"] for r in mine], [r["is_bot"] for r in mine], average="macro")
+        assert report["per_language"][lang]["macro_f1"] == pytest.approx(expected)
+    assert 0 <= report["language_accuracy"]["accuracy"] <= 1
+    for name in ("roc.png", "score_histograms.png", "macro_f1_vs_threshold.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+
+    assert ev.main([*argv, "--target-fpr", "0.25", "--no-plots"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["target_fpr"] == 0.25 and report["overall"]["false_positive_rate"] <= 0.25
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert ev.main(["--data", str(tmp_path / "missing.tsv"), "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "does not exist" in err and "\n" not in err
+    (tmp_path / "bad.tsv").write_text("id\ttext\tlabel\n1\thi\tperhaps\n")
+    assert ev.main(["--data", str(tmp_path / "bad.tsv"), "--output-dir", str(tmp_path)]) == 2
+    assert "'perhaps'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse: the two threshold options exclude each other
+        ev.main(["--data", "x", "--threshold", "0.5", "--target-fpr", "0.1"])
+    assert exit_info.value.code == 2
+    assert ev.main(["--data", str(tmp_path / "bad.tsv"), "--target-fpr", "2"]) == 2
+    assert "--target-fpr 2.0 is outside [0, 1]" in capsys.readouterr().err
