@@ -1,0 +1,179 @@
+"""Mesh/rules unit tests, and (in a subprocess with 8 host devices) sharded steps equal one device."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec
+
+from autext_jax import sharding as shd
+
+HERE = Path(__file__).resolve()
+
+
+class _FakeMesh:
+    """Just enough of a Mesh for ``logical_to_spec`` (it reads ``mesh.shape``)."""
+
+    def __init__(self, data: int, fsdp: int, tensor: int):
+        self.shape = {"data": data, "fsdp": fsdp, "tensor": tensor}
+
+
+def test_mesh_resolve_fills_the_wildcard_and_rejects_bad_shapes():
+    assert shd.MeshConfig().resolve(8) == (8, 1, 1)
+    assert shd.MeshConfig(data=-1, fsdp=4).resolve(8) == (2, 4, 1)
+    assert shd.MeshConfig(data=4, fsdp=1, tensor=2).resolve(8) == (4, 1, 2)
+    with pytest.raises(shd.MeshError, match="does not divide 8 devices"):
+        shd.MeshConfig(data=-1, fsdp=3).resolve(8)
+    with pytest.raises(shd.MeshError, match="needs 4 devices but 8"):
+        shd.MeshConfig(data=2, fsdp=2).resolve(8)
+    with pytest.raises(shd.MeshError, match="at most one axis"):
+        shd.MeshConfig(data=-1, fsdp=-1).resolve(8)
+    with pytest.raises(shd.MeshError, match="positive"):
+        shd.MeshConfig(data=0).resolve(8)
+
+
+def test_logical_rules_map_axes_and_replicate_what_does_not_divide():
+    mesh = _FakeMesh(2, 4, 2)
+    assert shd.logical_to_spec(("embed", "heads"), (32, 32), mesh) == PartitionSpec("fsdp", "tensor")
+    assert shd.logical_to_spec(("heads", "embed"), (32, 32), mesh) == PartitionSpec("tensor", "fsdp")
+    # 259 rows do not split 2 ways: the vocabulary dimension is replicated, embed still sharded.
+    assert shd.logical_to_spec(("vocab", "embed"), (259, 32), mesh) == PartitionSpec(None, "fsdp")
+    assert shd.logical_to_spec(("norm",), (32,), mesh) == PartitionSpec(None)
+    assert shd.logical_to_spec((None, "embed"), (514, 32), mesh) == PartitionSpec(None, "fsdp")
+    # A mesh axis is used at most once per array.
+    assert shd.logical_to_spec(("embed", "embed"), (32, 32), mesh) == PartitionSpec("fsdp", None)
+    # Size-1 mesh axes are dropped from specs.
+    assert shd.logical_to_spec(("embed", "heads"), (32, 32), _FakeMesh(8, 1, 1)) == PartitionSpec(None, None)
+    with pytest.raises(shd.MeshError, match="do not match shape"):
+        shd.logical_to_spec(("embed",), (3, 3), mesh)
+
+
+def test_every_model_logical_axis_has_a_rule(tiny_config):
+    from autext_jax.model import abstract_model
+    from autext_jax.steps import describe_model
+
+    layout, _ = describe_model(abstract_model(tiny_config))
+    used = {a for axes in layout.logical_axes.values() for a in axes if a is not None}
+    assert used <= {name for name, _ in shd.LOGICAL_AXIS_RULES}
+
+
+def test_batch_helpers_on_one_device():
+    mesh = shd.make_mesh(shd.MeshConfig(), jax.devices()[:1])
+    assert mesh.axis_names == shd.MESH_AXES
+    assert shd.batch_shards(mesh) == 1
+    shd.check_batch_size(3, mesh)
+    arrays = shd.global_batch({"x": np.arange(6, dtype=np.int32).reshape(3, 2)}, mesh)
+    np.testing.assert_array_equal(np.asarray(arrays["x"]), np.arange(6).reshape(3, 2))
+    with pytest.raises(shd.MeshError, match="needs 2 devices"):
+        shd.make_mesh(shd.MeshConfig(data=2), jax.devices()[:1])
+
+
+def test_distributed_args_from_env():
+    assert not shd.DistributedArgs.from_env({}).enabled
+    assert shd.DistributedArgs.from_env({"AUTEXT_DISTRIBUTED": "auto"}).auto
+    args = shd.DistributedArgs.from_env(
+        {"AUTEXT_COORDINATOR": "127.0.0.1:1234", "AUTEXT_NUM_PROCESSES": "2", "AUTEXT_PROCESS_ID": "1"}
+    )
+    assert (args.coordinator, args.num_processes, args.process_id, args.enabled) == (
+        "127.0.0.1:1234",
+        2,
+        1,
+        True,
+    )
+    with pytest.raises(shd.MeshError, match="set all of"):
+        shd.DistributedArgs.from_env({"AUTEXT_COORDINATOR": "127.0.0.1:1234"})
+    with pytest.raises(shd.MeshError, match="must be integers"):
+        shd.DistributedArgs.from_env(
+            {"AUTEXT_COORDINATOR": "h:1", "AUTEXT_NUM_PROCESSES": "two", "AUTEXT_PROCESS_ID": "0"}
+        )
+    with pytest.raises(shd.MeshError, match="outside"):
+        shd.initialize_distributed(shd.DistributedArgs("127.0.0.1:1", 2, 5))
+
+
+MESHES = {"one": (1, 1, 1), "data8": (8, 1, 1), "fsdp4_data2": (2, 4, 1), "tensor2_data4": (4, 1, 2)}
+
+
+def _worker(out_dir: Path) -> None:
+    """3 AdamW steps (dropout on) for every mesh from the same initial params and batches."""
+    sys.path.insert(0, str(HERE.parent))
+    from conftest import TINY_VOCAB, tiny_model_config
+
+    from autext_jax import optim, steps
+    from autext_jax.model import create_model
+
+    assert jax.device_count() == 8, jax.devices()
+    cfg = tiny_model_config()
+    layout, init = steps.describe_model(create_model(cfg, seed=0))
+    opt_cfg = optim.OptimizerConfig(learning_rate=1e-3, warmup_steps=1, layer_decay=0.8)
+    rng = np.random.default_rng(0)
+    batches = []
+    for _ in range(3):
+        lengths = rng.integers(3, 17, 16)
+        mask = (np.arange(16)[None, :] < lengths[:, None]).astype(np.int32)
+        batches.append(
+            {
+                "input_ids": np.where(mask, rng.integers(4, TINY_VOCAB, (16, 16)), 1).astype(np.int32),
+                "attention_mask": mask,
+                "bot": rng.integers(0, 2, 16).astype(np.float32),
+                "english": rng.integers(0, 2, 16).astype(np.float32),
+                "bot_mask": (rng.random(16) > 0.2).astype(np.float32),
+                "english_mask": np.ones(16, np.float32),
+            }
+        )
+    for name, (data, fsdp, tensor) in MESHES.items():
+        devices = jax.devices()[: data * fsdp * tensor]
+        mesh = shd.make_mesh(shd.MeshConfig(data, fsdp, tensor), devices)
+        tx = optim.build_optimizer(opt_cfg, layout.names, cfg.encoder.num_layers, total_batches=3)
+        train = steps.TrainSteps(layout, tx, mesh, lang_loss_weight=0.5)
+        state = train.init_state(train.place_params(init), seed=7)
+        losses = []
+        for batch in batches:
+            state, metrics = train.train_step(state, train.global_batch(batch))
+            losses.append(float(metrics["loss"]))
+        qkv = state["params"]["encoder/layers/0/attention/query/kernel"]
+        spec = [str(s) for s in qkv.sharding.spec]
+        np.savez(out_dir / f"{name}.npz", **steps.host_params(state["params"]))
+        (out_dir / f"{name}.json").write_text(json.dumps({"losses": losses, "query_spec": spec}))
+
+
+def test_sharded_steps_match_one_device(tmp_path):
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0",
+        HF_HUB_OFFLINE="1",
+        JAX_PLATFORMS="cpu",
+    )
+    proc = subprocess.run(
+        [sys.executable, str(HERE), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference = json.loads((tmp_path / "one.json").read_text())
+    ref_params = np.load(tmp_path / "one.npz")
+    specs = {}
+    for name in MESHES:
+        got = json.loads((tmp_path / f"{name}.json").read_text())
+        specs[name] = got["query_spec"]
+        np.testing.assert_allclose(got["losses"], reference["losses"], atol=1e-5, rtol=0)
+        params = np.load(tmp_path / f"{name}.npz")
+        assert set(params.files) == set(ref_params.files)
+        for key in ref_params.files:
+            np.testing.assert_allclose(
+                params[key], ref_params[key], atol=1e-5, rtol=0, err_msg=f"{name}: {key}"
+            )
+    # The layouts really differ: fsdp shards the embed dim, tensor the heads dim.
+    assert specs["fsdp4_data2"] == ["fsdp", "None"]
+    assert specs["tensor2_data4"] == ["None", "tensor"]
+    assert specs["data8"] == ["None", "None"]
+    # Training moved the parameters (a no-op step would also "match").
+    assert reference["losses"][0] != reference["losses"][-1]
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]))
