@@ -135,17 +135,18 @@ def load_tokenizer(model_dir: str | Path):
     """
     import json
 
-    from transformers import AutoTokenizer
-    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+    import transformers
 
     model_dir = Path(model_dir)
     config_path = model_dir / "tokenizer_config.json"
     try:
         name = json.loads(config_path.read_text()).get("tokenizer_class") if config_path.is_file() else None
-        tokenizer_class = tokenizer_class_from_name(name) if name else None
+        # The class by its public name: transformers' auto-class lookup would import torch.
+        known = bool(name) and name.endswith(("Tokenizer", "TokenizerFast"))
+        tokenizer_class = getattr(transformers, name, None) if known else None
         if tokenizer_class is not None:
             return tokenizer_class.from_pretrained(str(model_dir))
-        return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+        return transformers.AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
     except (OSError, ValueError, TypeError) as err:
         raise FileNotFoundError(
             f"cannot load a tokenizer from {model_dir} ({type(err).__name__}: {str(err)[:120]}); the "

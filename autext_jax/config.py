@@ -18,6 +18,22 @@ HEAD_ACTIVATIONS = ("relu", "gelu", "tanh")
 ENCODER_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 
 
+# ``config.json`` exactly as published with ``pandrei7/autextification-upb-mtl`` (from its Hub page).
+PUBLISHED_CONFIG_JSON: dict[str, Any] = {
+    "architectures": ["AutextificationMTLModel"],
+    "auto_map": {
+        "AutoConfig": "config.AutextificationMTLConfig",
+        "AutoModel": "model.AutextificationMTLModel",
+    },
+    "hidden_nodes": 64,
+    "model_type": "custom-text-classifier",
+    "threshold": 0.9919,
+    "torch_dtype": "float32",
+    "transformer_name": "xlm-roberta-base",
+    "transformers_version": "4.25.1",
+}
+
+
 class ConfigError(ValueError):
     """A configuration that cannot describe a usable model; the message says what to fix."""
 
@@ -138,16 +154,11 @@ class ModelConfig:
 
     def to_published_json(self) -> dict[str, Any]:
         """``config.json`` as published (so the original code can read it) plus our ``encoder`` object."""
+        published = {k: v for k, v in PUBLISHED_CONFIG_JSON.items() if k != "transformers_version"}
         return {
-            "architectures": ["AutextificationMTLModel"],
-            "auto_map": {
-                "AutoConfig": "config.AutextificationMTLConfig",
-                "AutoModel": "model.AutextificationMTLModel",
-            },
+            **published,
             "hidden_nodes": self.hidden_nodes,
-            "model_type": "custom-text-classifier",
             "threshold": self.threshold,
-            "torch_dtype": "float32",
             "transformer_name": self.transformer_name,
             "pooling": self.pooling,
             "head_activation": self.head_activation,

@@ -361,9 +361,17 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="pick the threshold giving at most this false-positive rate on human texts",
     )
+    parser.add_argument(
+        "--split",
+        choices=("all", "train", "validation"),
+        default="all",
+        help="score only one side of the id-hash split that training uses (default: every row)",
+    )
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="with --split (as data.val_fraction)")
+    parser.add_argument("--split-salt", default="autext", help="with --split (as data.split_salt)")
     parser.add_argument("--output-dir", default="eval_report", help="where report.json and the PNGs go")
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None, help="rows per batch (default: automatic)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CI")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-plots", action="store_true")
@@ -374,7 +382,7 @@ def _parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Load, score, measure, write. Returns the report."""
     import autext_jax
-    from autext_jax.data import column_values, load_examples
+    from autext_jax.data import column_values, load_examples, split_by_id
     from autext_jax.scores import scores_from_logits
 
     if args.target_fpr is not None and not 0.0 <= args.target_fpr <= 1.0:
@@ -382,6 +390,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise ValueError(f"--threshold {args.threshold} is outside [0, 1]")
     ds = load_examples(args.data, args.format, languages=args.languages)
+    if args.split != "all":
+        train, val = split_by_id(ds, args.val_fraction, args.split_salt)
+        ds = val if args.split == "validation" else train
     detector = autext_jax.load(args.model, max_length=args.max_length, batch_size=args.batch_size)
     logits = detector.logits(column_values(ds, "text"))
     probs = scores_from_logits(logits["bot"], logits["english"], 0.5)
@@ -404,6 +415,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["threshold_source"] = "the model's configured threshold"
     report["model"] = str(detector.model_dir)
     report["data"] = [str(p) for p in args.data]
+    if args.split != "all":
+        report["split"] = {"side": args.split, "val_fraction": args.val_fraction, "salt": args.split_salt}
 
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -83,3 +83,19 @@ def test_offline_hub_id_fails_fast(monkeypatch):
     with pytest.raises(ModelNotFoundError, match="local directory"):
         load("someone/not-cached-model-xyz")
     assert time.perf_counter() - start < 10
+
+
+def test_scoring_and_training_never_import_torch(tiny_model_dir):
+    """torch is a test/tooling dependency: loading, scoring and the training modules never import it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, autext_jax, autext_jax.train, autext_jax.evaluate\n"
+        f"d = autext_jax.load({str(tiny_model_dir)!r})\n"
+        "d.score(['the cat', 'el gato'])\n"
+        "print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"

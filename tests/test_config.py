@@ -7,21 +7,15 @@ import json
 import pytest
 from conftest import tiny_encoder_config, tiny_model_config
 
-from autext_jax.config import KNOWN_ENCODERS, ConfigError, EncoderConfig, ModelConfig
+from autext_jax.config import (
+    KNOWN_ENCODERS,
+    PUBLISHED_CONFIG_JSON,
+    ConfigError,
+    EncoderConfig,
+    ModelConfig,
+)
 
-PUBLISHED = {
-    "architectures": ["AutextificationMTLModel"],
-    "auto_map": {
-        "AutoConfig": "config.AutextificationMTLConfig",
-        "AutoModel": "model.AutextificationMTLModel",
-    },
-    "hidden_nodes": 64,
-    "model_type": "custom-text-classifier",
-    "threshold": 0.9919,
-    "torch_dtype": "float32",
-    "transformer_name": "xlm-roberta-base",
-    "transformers_version": "4.25.1",
-}
+PUBLISHED = PUBLISHED_CONFIG_JSON
 
 
 def test_published_config_reads_as_xlm_roberta_base() -> None:

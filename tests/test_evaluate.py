@@ -193,6 +193,24 @@ def test_cli_writes_report_plots_and_predictions(tmp_path, tiny_model_dir):
     assert report["target_fpr"] == 0.25 and report["overall"]["false_positive_rate"] <= 0.25
 
 
+def test_cli_split_scores_exactly_the_training_validation_rows(tmp_path, tiny_model_dir):
+    from autext_jax.data import column_values, load_examples, split_by_id
+
+    data = _write_eval_data(tmp_path / "data")
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_model_dir), "--data", str(data), "--output-dir", str(out), "--no-plots"]
+    argv += ["--bootstrap", "0", "--split", "validation", "--val-fraction", "0.3", "--save-predictions"]
+    assert ev.main(argv) == 0
+    _, val = split_by_id(load_examples([str(data)]), 0.3, "autext")
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert 0 < len(rows) < 48
+    assert [(r["language"], r["id"]) for r in rows] == list(
+        zip(column_values(val, "language"), column_values(val, "id"), strict=True)
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert report["split"] == {"side": "validation", "val_fraction": 0.3, "salt": "autext"}
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert ev.main(["--data", str(tmp_path / "missing.tsv"), "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()

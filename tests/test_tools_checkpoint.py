@@ -199,4 +199,4 @@ def test_bench_convert_measures_a_random_checkpoint(tmp_path, tiny_config) -> No
     report = bench_convert.convert_and_measure(tmp_path)
     assert report["params"] == count_params(abstract_model(tiny_config))
     assert report["convert_seconds"] > 0 and report["peak_rss_mib"] >= report["rss_after_imports_mib"] > 0
-    assert bench_convert.PUBLISHED_CONFIG["transformer_name"] == "xlm-roberta-base"
+    assert bench_convert.PUBLISHED_CONFIG_JSON["transformer_name"] == "xlm-roberta-base"

@@ -18,19 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-PUBLISHED_CONFIG = {
-    "architectures": ["AutextificationMTLModel"],
-    "auto_map": {
-        "AutoConfig": "config.AutextificationMTLConfig",
-        "AutoModel": "model.AutextificationMTLModel",
-    },
-    "hidden_nodes": 64,
-    "model_type": "custom-text-classifier",
-    "threshold": 0.9919,
-    "torch_dtype": "float32",
-    "transformer_name": "xlm-roberta-base",
-    "transformers_version": "4.25.1",
-}
+from autext_jax.config import PUBLISHED_CONFIG_JSON
 
 
 def write_random_checkpoint(directory: Path, config=None, seed: int = 0) -> None:
@@ -52,7 +40,7 @@ def write_random_checkpoint(directory: Path, config=None, seed: int = 0) -> None
     directory.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(directory / "model.safetensors"))
     if config == ModelConfig():
-        (directory / "config.json").write_text(json.dumps(PUBLISHED_CONFIG, indent=2))
+        (directory / "config.json").write_text(json.dumps(PUBLISHED_CONFIG_JSON, indent=2))
     else:
         config.save(directory)
 
