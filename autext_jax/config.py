@@ -152,11 +152,12 @@ class ModelConfig:
 
     # ---- the published config.json form ---------------------------------------------------
 
-    def to_published_json(self) -> dict[str, Any]:
+    def to_published_json(self, torch_dtype: str = "float32") -> dict[str, Any]:
         """``config.json`` as published (so the original code can read it) plus our ``encoder`` object."""
         published = {k: v for k, v in PUBLISHED_CONFIG_JSON.items() if k != "transformers_version"}
         return {
             **published,
+            "torch_dtype": torch_dtype,
             "hidden_nodes": self.hidden_nodes,
             "threshold": self.threshold,
             "transformer_name": self.transformer_name,
@@ -182,9 +183,11 @@ class ModelConfig:
                 kwargs[key] = data[key]
         return cls(**kwargs)
 
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, torch_dtype: str = "float32") -> Path:
+        """Write ``config.json``; ``torch_dtype`` names the storage dtype of the weights beside it."""
         path = Path(directory) / "config.json"
-        path.write_text(json.dumps(self.to_published_json(), indent=2, sort_keys=True) + "\n")
+        data = self.to_published_json(torch_dtype)
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         return path
 
     @classmethod

@@ -590,18 +590,26 @@ def to_state_dict(model: MultiTaskModel) -> dict[str, np.ndarray]:
     return out
 
 
+# Storage dtypes for export (numpy can write both; parameters are float32 in memory either way).
+STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
 def export_checkpoint(
     model: MultiTaskModel,
     config: ModelConfig,
     out_dir: str | Path,
     *,
     tokenizer_dir: str | Path | None = None,
+    storage_dtype: str = "float32",
 ) -> Path:
     """Write an HF-layout directory the published code (and ``load_checkpoint``) can read.
 
     ``model.safetensors`` (reference layout), ``config.json`` (published form + ``encoder``) and the
     tokenizer files from ``tokenizer_dir``. Same model and config → the same bytes.
+    ``storage_dtype="float16"`` halves the file (loading always computes from float32 copies).
     """
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ConversionError(f"storage_dtype {storage_dtype!r} is not one of {sorted(STORAGE_DTYPES)}")
     from safetensors.numpy import save_file
 
     out_dir = Path(out_dir)
@@ -618,10 +626,9 @@ def export_checkpoint(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     state = to_state_dict(model)
-    save_file(
-        {k: state[k] for k in sorted(state)}, str(out_dir / SAFETENSORS_NAME), metadata=_EXPORT_METADATA
-    )
-    config.save(out_dir)
+    stored = {k: state[k].astype(STORAGE_DTYPES[storage_dtype], copy=False) for k in sorted(state)}
+    save_file(stored, str(out_dir / SAFETENSORS_NAME), metadata=_EXPORT_METADATA)
+    config.save(out_dir, torch_dtype=storage_dtype)
     if tokenizer_dir is not None:
         copy_tokenizer_files(tokenizer_dir, out_dir)
     return out_dir

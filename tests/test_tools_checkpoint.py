@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
 import bench_convert  # noqa: E402
+import export_checkpoint as export_tool  # noqa: E402
 import inspect_checkpoint  # noqa: E402
 import parity_check  # noqa: E402
 
@@ -200,3 +201,28 @@ def test_bench_convert_measures_a_random_checkpoint(tmp_path, tiny_config) -> No
     assert report["params"] == count_params(abstract_model(tiny_config))
     assert report["convert_seconds"] > 0 and report["peak_rss_mib"] >= report["rss_after_imports_mib"] > 0
     assert bench_convert.PUBLISHED_CONFIG_JSON["transformer_name"] == "xlm-roberta-base"
+
+
+# ---- export_checkpoint -------------------------------------------------------------------------
+
+
+def test_export_tool_float16_halves_the_file_and_keeps_scores(tmp_path, tiny_model_dir, capsys) -> None:
+    from autext_jax.convert import load_checkpoint
+
+    out = tmp_path / "fp16"
+    assert export_tool.main([str(tiny_model_dir), str(out), "--storage-dtype", "float16"]) == 0
+    printed = capsys.readouterr().out
+    assert f"sha256 {export_tool.sha256(out / 'model.safetensors')}  model.safetensors" in printed
+    assert "ok" in printed.splitlines()[-1]
+    assert {v.dtype for v in load_file(str(out / "model.safetensors")).values()} == {np.dtype(np.float16)}
+    full, half = (p / "model.safetensors" for p in (tiny_model_dir, out))
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float16"
+    reloaded = load_checkpoint(out)
+    assert reloaded.config == load_checkpoint(tiny_model_dir).config
+
+    # float16 rounding is visible with a zero tolerance: the check really compares scores.
+    assert export_tool.main([str(tiny_model_dir), str(tmp_path / "strict"), "--storage-dtype", "float16",
+                             "--tolerance", "0"]) == 1
+    assert export_tool.main([str(tiny_model_dir), str(tiny_model_dir)]) == 2
+    assert "error: OUT must differ from SRC" in capsys.readouterr().err
