@@ -316,7 +316,10 @@ def _run(args: argparse.Namespace) -> int:
     cache_dir = args.compile_cache or os.environ.get(COMPILE_CACHE_ENV)
     detector = _load_detector(args, cache_dir)
     log = logging.getLogger("autext_jax.infer")
-    log.info("model: %s (dtype %s, threshold %.4f)", detector.model_dir, args.dtype, detector.threshold)
+    which = "the embedded default model " if args.model is None else ""
+    log.info(
+        "model: %s%s (dtype %s, threshold %.4f)", which, detector.model_dir, args.dtype, detector.threshold
+    )
     total = None if args.quiet or not args.inputs or args.inputs == ["-"] else count_records(args)
     out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
     start = time.perf_counter()

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage-dtype", choices=("float32", "float16"), default="float32")
     parser.add_argument("--key-map", help="JSON file of HF key -> reference key overrides")
     parser.add_argument("--allow-pickle", action="store_true", help="accept a pickled pytorch_model.bin")
+    parser.add_argument("--transformer-name", help="set config.json's transformer_name (informational)")
     parser.add_argument("--check-texts", type=Path, help="one text per line (default: built-in samples)")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="max |Δ probability| allowed")
     args = parser.parse_args(argv)
@@ -70,9 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.check_texts is not None:
             texts = args.check_texts.read_text(encoding="utf-8").splitlines()
         loaded = load_checkpoint(args.src, key_map=args.key_map, allow_pickle=args.allow_pickle)
+        config = loaded.config
+        if args.transformer_name:
+            config = config.replace(transformer_name=args.transformer_name)
         export_checkpoint(
             loaded.model,
-            loaded.config,
+            config,
             args.out,
             tokenizer_dir=args.src,
             storage_dtype=args.storage_dtype,
