@@ -60,6 +60,7 @@ class _Prepared:
     tokenizer_dir: Path
     initial: dict[str, Any] | None  # parameter values from --init, or None for a random start
     layout: ModelLayout
+    fresh_note: str = ""  # what --init lacked and was initialised randomly (logged on a fresh start)
 
 
 def _compute_dtype(name: str):
@@ -84,16 +85,17 @@ def prepare_model(cfg: TrainConfig) -> _Prepared:
                 loaded = load_checkpoint(
                     model_dir, allow_fresh=True, dtype=dtype, seed=cfg.seed, config=wanted
                 )
+        fresh_note = ""
         if loaded.fresh:
-            log.warning(
-                "%s has no %s: initialised fresh from seed %d (random weights, trained from scratch)",
-                model_dir,
-                ", ".join(loaded.fresh),
-                cfg.seed,
+            fresh_note = (
+                f"{model_dir} has no {', '.join(loaded.fresh)}: initialised fresh from seed {cfg.seed} "
+                "(random weights, trained from scratch)"
             )
         layout, values = describe_model(loaded.model)
         tokenizer_dir = Path(cfg.tokenizer) if cfg.tokenizer else model_dir
-        return _Prepared(cfg.replace(model=loaded.config), loaded.config, tokenizer_dir, values, layout)
+        return _Prepared(
+            cfg.replace(model=loaded.config), loaded.config, tokenizer_dir, values, layout, fresh_note
+        )
     if not cfg.tokenizer:
         raise ConfigError(
             "no model to start from: pass --init MODEL_DIR_OR_HUB_ID, or --set tokenizer=DIR to train "
@@ -217,9 +219,14 @@ def _run(prepared: _Prepared, workdir: Path, checkpointer: Checkpointer) -> dict
                 f"gives {per_epoch}; the data changed: use another --workdir"
             )
         step = int(meta["step"])
-        log.info("resumed from step %d (epoch %d, batch %d)", step, meta["epoch"], meta["batch_index"])
+        log.info(
+            "resumed from step %d (epoch %d, batch %d); the checkpoint's weights replace --init",
+            step, meta["epoch"], meta["batch_index"],
+        )
     else:
         if prepared.initial is not None:
+            if prepared.fresh_note:
+                log.warning(prepared.fresh_note)
             params = steps.place_params(prepared.initial)
         else:
             params = steps.init_params(model_cfg, seed=cfg.seed, dtype=_compute_dtype(cfg.dtype))

@@ -64,7 +64,7 @@ def test_init_from_our_layout_keeps_every_weight(tiny_model_dir, train_log):
 
     prepared = train.prepare_model(_tiny(init=str(tiny_model_dir)))
     assert prepared.tokenizer_dir == tiny_model_dir
-    assert not any("initialised fresh" in m for m in train_log)
+    assert prepared.fresh_note == "" and not any("initialised fresh" in m for m in train_log)
     _, expected = describe_model(load_checkpoint(tiny_model_dir).model)
     assert prepared.initial.keys() == expected.keys()
     for name, value in expected.items():
@@ -85,7 +85,8 @@ def test_init_from_encoder_only_checkpoint_starts_fresh_heads(tiny_model_dir, tm
     cfg = _tiny(init=str(enc_dir))
     cfg = cfg.replace(model=cfg.model.replace(pooling="mean", hidden_nodes=5))
     prepared = train.prepare_model(cfg)
-    assert any("bot_head" in m and "lang_head" in m and "initialised fresh" in m for m in train_log)
+    note = prepared.fresh_note  # logged as a warning when the run starts (not when it resumes)
+    assert "bot_head" in note and "lang_head" in note and "initialised fresh" in note
     assert prepared.model_cfg.pooling == "mean" and prepared.model_cfg.hidden_nodes == 5
     assert prepared.initial["bot_head/hidden/kernel"].shape == (32, 5)
     assert len(train._load_tokenizer(prepared.tokenizer_dir, prepared.model_cfg, 16)) <= 259
