@@ -606,7 +606,10 @@ def export_checkpoint(
 
     ``model.safetensors`` (reference layout), ``config.json`` (published form + ``encoder``) and the
     tokenizer files from ``tokenizer_dir``. Same model and config → the same bytes.
-    ``storage_dtype="float16"`` halves the file (loading always computes from float32 copies).
+    ``storage_dtype="float16"`` halves the file by storing the matrices (ndim ≥ 2) in float16; vectors
+    (biases, LayerNorm) stay float32: they are ~0.1% of the bytes but, measured on the mini model,
+    rounding them moves probabilities more than rounding all the matrices. Loading always computes
+    from float32 copies.
     """
     if storage_dtype not in STORAGE_DTYPES:
         raise ConversionError(f"storage_dtype {storage_dtype!r} is not one of {sorted(STORAGE_DTYPES)}")
@@ -626,7 +629,10 @@ def export_checkpoint(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     state = to_state_dict(model)
-    stored = {k: state[k].astype(STORAGE_DTYPES[storage_dtype], copy=False) for k in sorted(state)}
+    stored = {
+        k: state[k].astype(STORAGE_DTYPES[storage_dtype] if state[k].ndim >= 2 else np.float32, copy=False)
+        for k in sorted(state)
+    }
     save_file(stored, str(out_dir / SAFETENSORS_NAME), metadata=_EXPORT_METADATA)
     config.save(out_dir, torch_dtype=storage_dtype)
     if tokenizer_dir is not None:
