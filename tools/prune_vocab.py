@@ -7,7 +7,7 @@ the checkpoint ~10x, and for any text made only of kept pieces the pruned tokeni
 pieces (the unigram's best segmentation is still available and nothing better was added), so the
 pruned model computes identical hidden states.
 
-    python -m tools.prune_vocab --model /work/e5_import/full --out /work/e5_import/pruned --keep 24000
+    python tools/prune_vocab.py --model e5/full-6l --out e5/pruned-6l --keep 24000   # data: ../shared
 
 Reads an HF-layout encoder dir (``model.safetensors`` with ``embeddings.word_embeddings.weight``,
 optionally ``roberta.``-prefixed; ``config.json``; a unigram ``tokenizer.json``), writes the same
