@@ -27,8 +27,8 @@ def test_shipped_configs_load(name):
 
 def test_mini_recipe_is_the_e5_fine_tuning_recipe():
     cfg = load_config_file(CONFIGS / "mini.py")
-    assert (cfg.data.max_length, cfg.batch_size, cfg.epochs) == (128, 32, 1)
-    assert cfg.optimizer.learning_rate == 5e-5 and cfg.optimizer.warmup_fraction == 0.06
+    assert (cfg.data.max_length, cfg.batch_size, cfg.epochs, cfg.max_steps) == (128, 32, 1, 1000)
+    assert cfg.optimizer.learning_rate == 1e-4 and cfg.optimizer.warmup_fraction == 0.06
     assert cfg.init is None  # the e5 import is given with --init
     upb = load_config_file(CONFIGS / "upb_mtl.py")
     assert upb.dtype == "bfloat16" and upb.init == "FacebookAI/xlm-roberta-base"
