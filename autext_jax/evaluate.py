@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from autext_jax.scores import is_bot
+
 CLASS_NAMES = ("human", "generated")
 
 
@@ -38,8 +40,8 @@ def _as_arrays(labels, values) -> tuple[np.ndarray, np.ndarray]:
 
 
 def predict(probs, threshold: float) -> np.ndarray:
-    """``is_bot`` exactly as ``scores.scores_from_logits`` makes it (float32 comparison, ``>=``)."""
-    return np.asarray(probs, dtype=np.float32) >= np.float32(threshold)
+    """Predictions at ``threshold`` by the one decision rule, ``scores.is_bot``."""
+    return is_bot(probs, threshold)
 
 
 # ---- point metrics ---------------------------------------------------------------------------

@@ -16,11 +16,16 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return out
 
 
+def is_bot(bot_prob, threshold: float) -> np.ndarray:
+    """The decision rule: ``bot_prob >= threshold`` compared in float32 (as the original)."""
+    return np.asarray(bot_prob, dtype=np.float32) >= np.float32(threshold)
+
+
 def scores_from_logits(bot_logits, english_logits, threshold: float) -> dict[str, np.ndarray]:
     """``{"bot_prob", "english_prob", "is_bot"}``; ``is_bot = bot_prob >= threshold`` as in the original."""
     bot_prob = sigmoid(bot_logits)
     return {
         "bot_prob": bot_prob,
         "english_prob": sigmoid(english_logits),
-        "is_bot": bot_prob >= np.float32(threshold),
+        "is_bot": is_bot(bot_prob, threshold),
     }
