@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import orbax.checkpoint as ocp
 
+from autext_jax.errors import AutextError
+
 if TYPE_CHECKING:
     from autext_jax.config import ModelConfig
     from autext_jax.steps import ModelLayout
@@ -38,7 +40,7 @@ RESUMABLE_FIELDS = (
 )
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(AutextError, ValueError):
     """The workdir belongs to a run with a different configuration (or different data)."""
 
 

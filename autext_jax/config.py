@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autext_jax.errors import AutextError
+
 POOLINGS = ("cls", "mean", "pooler")
 HEAD_ACTIVATIONS = ("relu", "gelu", "tanh")
 ENCODER_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
@@ -34,7 +36,7 @@ PUBLISHED_CONFIG_JSON: dict[str, Any] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(AutextError, ValueError):
     """A configuration that cannot describe a usable model; the message says what to fix."""
 
 

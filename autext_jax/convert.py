@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from autext_jax.config import EncoderConfig, ModelConfig
+from autext_jax.errors import InputDataError
 from autext_jax.model import MultiTaskModel, abstract_model, create_model
 
 SAFETENSORS_NAME = "model.safetensors"
@@ -53,7 +54,7 @@ _HEAD_PARTS = ("bot_head", "lang_head")
 _POOLER_REF = "transformer.pooler."
 
 
-class ConversionError(ValueError):
+class ConversionError(InputDataError):
     """A checkpoint that cannot be converted; the message says which keys or files and what to do."""
 
 

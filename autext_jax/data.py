@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from autext_jax.batching import bucket_for, bucket_lengths, pad_batch, tokenize
+from autext_jax.errors import EXIT_USAGE, InputDataError
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,14 @@ _TOKENIZE_VERSION = "tokenize-v1"
 COLUMNS = ("id", "text", "bot", "english", "language")
 
 
-class DataError(ValueError):
-    """Input data the pipeline cannot use; the message names the file/column and what to fix."""
+class DataError(InputDataError):
+    """Input data the pipeline cannot use; the message names the file/column and what to fix (exit 1)."""
+
+
+class DataUsageError(DataError):
+    """A data setting or path that cannot work (bad format name, missing path, no such language): exit 2."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)
@@ -69,11 +76,11 @@ class DataConfig:
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         if self.format not in FORMATS:
-            raise DataError(f"data format {self.format!r} is not one of {FORMATS}")
+            raise DataUsageError(f"data format {self.format!r} is not one of {FORMATS}")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise DataError(f"val_fraction {self.val_fraction} must be in [0, 1)")
+            raise DataUsageError(f"val_fraction {self.val_fraction} must be in [0, 1)")
         if self.max_length < 2:
-            raise DataError(f"max_length must be at least 2, got {self.max_length}")
+            raise DataUsageError(f"max_length must be at least 2, got {self.max_length}")
 
     @property
     def buckets(self) -> tuple[int, ...]:
@@ -102,7 +109,7 @@ def find_data_files(paths: Sequence[str | Path], format: str = "auto") -> list[t
     for raw in paths:
         path = Path(raw)
         if not path.exists():
-            raise DataError(f"data path {path} does not exist")
+            raise DataUsageError(f"data path {path} does not exist")
         if _is_saved_dataset(path):
             found.append((path, "disk"))
         elif path.is_dir():
@@ -123,10 +130,12 @@ def find_data_files(paths: Sequence[str | Path], format: str = "auto") -> list[t
         else:
             fmt = format if format != "auto" else _format_of(path)
             if fmt is None:
-                raise DataError(f"cannot tell the format of {path} from its suffix; set format: {FORMATS}")
+                raise DataUsageError(
+                    f"cannot tell the format of {path} from its suffix; set format: {FORMATS}"
+                )
             found.append((path, fmt))
     if not found:
-        raise DataError("no data paths given")
+        raise DataUsageError("no data paths given")
     return found
 
 
@@ -284,7 +293,7 @@ def load_examples(
     import datasets
 
     if format not in FORMATS:
-        raise DataError(f"data format {format!r} is not one of {FORMATS}")
+        raise DataUsageError(f"data format {format!r} is not one of {FORMATS}")
     files = find_data_files(paths, format)
     parts = [_normalize(_read_file(path, fmt, cache_dir), path) for path, fmt in files]
     ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
@@ -300,7 +309,7 @@ def select_languages(ds, languages: Sequence[str]):
     present = sorted(set(found.tolist()))
     missing = [lang for lang in wanted if lang not in present]
     if missing:
-        raise DataError(
+        raise DataUsageError(
             f"no rows in language(s) {missing}; the data has languages {present} "
             f"('' = unknown: add a language column or put files in en/ or es/ folders)"
         )
@@ -346,7 +355,7 @@ def split_by_id(ds, val_fraction: float, salt: str = "autext"):
     es id 5 are different texts). File order never matters.
     """
     if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"val_fraction {val_fraction} must be in [0, 1)")
+        raise DataUsageError(f"val_fraction {val_fraction} must be in [0, 1)")
     ids, langs = column_values(ds, "id"), column_values(ds, "language")
     keys = (f"{salt}\x00{lang}\x00{i}" for i, lang in zip(ids, langs, strict=True))
     is_val = np.array([_hash_unit(key) < val_fraction for key in keys], dtype=bool)
@@ -448,7 +457,7 @@ class BatchStream:
                 f"process_count {process_count}"
             )
         if not 0 <= process_index < process_count:
-            raise DataError(f"process_index {process_index} is outside [0, {process_count})")
+            raise DataUsageError(f"process_index {process_index} is outside [0, {process_count})")
         if len(ds) == 0:
             raise DataError("cannot batch an empty dataset")
         missing = [c for c in ("input_ids", "bot", "english") if c not in ds.column_names]

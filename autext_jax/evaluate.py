@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from autext_jax import cli
+from autext_jax.errors import AutextError, UsageError
 from autext_jax.scores import is_bot
 
 CLASS_NAMES = ("human", "generated")
@@ -378,6 +380,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--save-predictions", action="store_true", help="also write predictions.jsonl")
+    cli.add_debug_flag(parser)
     return parser
 
 
@@ -388,9 +391,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from autext_jax.scores import scores_from_logits
 
     if args.target_fpr is not None and not 0.0 <= args.target_fpr <= 1.0:
-        raise ValueError(f"--target-fpr {args.target_fpr} is outside [0, 1]")
+        raise UsageError(f"--target-fpr {args.target_fpr} is outside [0, 1]")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise ValueError(f"--threshold {args.threshold} is outside [0, 1]")
+        raise UsageError(f"--threshold {args.threshold} is outside [0, 1]")
     ds = load_examples(args.data, args.format, languages=args.languages)
     if args.split != "all":
         train, val = split_by_id(ds, args.val_fraction, args.split_salt)
@@ -458,16 +461,19 @@ def _summary(report: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit codes: 0 done, 2 bad arguments/data/model (one line on stderr, no traceback)."""
-    from autext_jax.config import ConfigError
-    from autext_jax.data import DataError
+    """Exit codes as in ``errors.py``: 0 done, 1 bad data or model, 2 bad arguments."""
+    parser = _parser()
+    return cli.main(parser.prog, parser, _main, argv)
 
-    args = _parser().parse_args(argv)
+
+def _main(args: argparse.Namespace) -> int:
+    cli.setup_logging("evaluate")
     try:
         report = run(args)
-    except (DataError, ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except ValueError as err:  # an option out of range for this model (max length, batch size, ...)
+        if isinstance(err, AutextError):
+            raise
+        raise UsageError(str(err)) from None
     print(_summary(report))
     print(f"wrote {Path(args.output_dir) / 'report.json'}")
     return 0

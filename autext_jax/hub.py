@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import autext_jax
+from autext_jax.errors import AutextError
 
 DEFAULT_MODEL_DIR: Path = Path(autext_jax.__file__).parent / "assets" / "autext-jax-mini"
 
@@ -26,7 +27,7 @@ CODE_PATTERNS = ("*.py",)  # only for tools/parity_check.py, which runs the orig
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(AutextError, FileNotFoundError):
     """No model at the given place; the message says what to pass instead."""
 
 

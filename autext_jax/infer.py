@@ -23,16 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from autext_jax import cli
+from autext_jax.errors import InputDataError as InputError
+from autext_jax.errors import UsageError
+
 FORMATS = ("txt", "jsonl", "csv", "tsv")
 COMPILE_CACHE_ENV = "AUTEXT_JAX_COMPILE_CACHE"
-
-
-class InputError(Exception):
-    """A malformed or undecodable input record; the message names the file and line."""
-
-
-class UsageError(Exception):
-    """A bad command line or a missing/unreadable path (exit 2)."""
 
 
 @dataclass
@@ -275,36 +271,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"persistent XLA compilation cache (default: ${COMPILE_CACHE_ENV} if set)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--verbose", "-v", action="store_true", help="say which model, shapes and compile count")
+    cli.add_debug_flag(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return cli.main("autext-jax", parser, _main, argv)
+
+
+def _main(args: argparse.Namespace) -> int:
     if not args.texts and not args.inputs:
         args.inputs = ["-"]
-    _setup_logging(args.verbose)
-    try:
-        return _run(args)
-    except UsageError as err:
-        print(f"autext-jax: error: {err}", file=sys.stderr)
-        return 2
-    except InputError as err:
-        print(f"autext-jax: error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("autext-jax: interrupted", file=sys.stderr)
-        return 130
-
-
-def _setup_logging(verbose: bool) -> None:
-    """Our messages on stderr (INFO with --verbose); other libraries' loggers are left alone."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("autext-jax: %(message)s"))
-    logger = logging.getLogger("autext_jax")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO if verbose else logging.WARNING)
-    logger.propagate = False
+    cli.setup_logging("autext-jax", verbose=args.verbose)
+    return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -326,9 +306,6 @@ def _run(args: argparse.Namespace) -> int:
     writer = RecordWriter(out, args.format, output_columns(args))
     try:
         _score(args, detector, writer, total)
-    except BrokenPipeError:  # e.g. piped into `head`: stop quietly, like other command-line tools
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     finally:
         if out is not sys.stdout:
             out.close()

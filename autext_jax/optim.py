@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import jax
 import optax
 
+from autext_jax.errors import AutextError
 
-class OptimizerConfigError(ValueError):
+
+class OptimizerConfigError(AutextError, ValueError):
     """An optimizer setting outside its valid range."""
 
 

@@ -4,8 +4,8 @@ Running the same command again resumes from the newest checkpoint in ``DIR/check
 result is bit-identical (on CPU) to a run that was never interrupted. See ``train_config.py`` for
 the configuration, ``steps.py`` for the jitted steps and ``checkpointing.py`` for what is saved.
 
-Exit codes: 0 done, 2 bad configuration or input, 3 the loss became NaN/inf (last good
-checkpoint kept).
+Exit codes (``errors.py``): 0 done, 1 bad training data or model, 2 bad usage / configuration /
+environment, 3 the loss became NaN/inf (last good checkpoint kept).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from autext_jax import cli
 from autext_jax import sharding as shd
 from autext_jax.checkpointing import (
     Checkpointer,
@@ -35,20 +36,16 @@ from autext_jax.checkpointing import (
     write_config,
 )
 from autext_jax.config import ConfigError, ModelConfig
-from autext_jax.optim import OptimizerConfigError, build_optimizer, current_lr
+from autext_jax.errors import TrainingDiverged
+from autext_jax.optim import build_optimizer, current_lr
 from autext_jax.steps import ModelLayout, TrainSteps, describe_model, validation_metrics
 from autext_jax.train_config import TrainConfig, apply_overrides, load_config_file
 
 log = logging.getLogger("autext_jax.train")
 
-EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
 METRICS_FILE = "metrics.jsonl"
 # ModelConfig fields that only shape the task heads: taken from the config when --init has no heads.
 HEAD_FIELDS = ("hidden_nodes", "pooling", "head_activation", "head_dropout", "threshold")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the gradient norm became NaN/inf."""
 
 
 @dataclass
@@ -362,6 +359,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator", help="multi-process: coordinator host:port (or AUTEXT_COORDINATOR)")
     p.add_argument("--num-processes", type=int, help="multi-process: number of processes")
     p.add_argument("--process-id", type=int, help="multi-process: this process's index")
+    cli.add_debug_flag(p)
     return p
 
 
@@ -377,59 +375,19 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     return apply_overrides(load_config_file(args.config), overrides)
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time (it may be replaced, e.g. under test capture)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
-def _log_to_stderr() -> None:
-    """Our INFO messages to stderr, without touching the root logger (absl/orbax configure their own)."""
-    package = logging.getLogger("autext_jax")
-    if not any(isinstance(h, _StderrHandler) for h in package.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        package.addHandler(handler)
-    package.setLevel(logging.INFO)
-    package.propagate = False
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    _log_to_stderr()
-    from autext_jax.convert import ConversionError
-    from autext_jax.data import DataError
-    from autext_jax.hub import ModelNotFoundError
+    parser = _parser()
+    return cli.main(parser.prog, parser, _main, argv)
 
-    expected = (
-        ConfigError,
-        DataError,
-        shd.MeshError,
-        ConversionError,
-        ModelNotFoundError,
-        OptimizerConfigError,
-        CheckpointMismatchError,
-    )
-    try:
-        if args.coordinator or args.num_processes is not None or args.process_id is not None:
-            dist = shd.DistributedArgs(args.coordinator, args.num_processes, args.process_id)
-        else:
-            dist = shd.DistributedArgs.from_env()
-        shd.initialize_distributed(dist)
-        cfg = resolve_config(args)
-        result = run(cfg, args.workdir)
-    except TrainingDiverged as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_DIVERGED
-    except expected as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+
+def _main(args: argparse.Namespace) -> int:
+    cli.setup_logging("train", timestamps=True)
+    if args.coordinator or args.num_processes is not None or args.process_id is not None:
+        dist = shd.DistributedArgs(args.coordinator, args.num_processes, args.process_id)
+    else:
+        dist = shd.DistributedArgs.from_env()
+    shd.initialize_distributed(dist)
+    result = run(resolve_config(args), args.workdir)
     if jax.process_index() == 0:
         print(json.dumps({k: v for k, v in result.items() if k != "validation"}))
     return 0

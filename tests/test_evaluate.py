@@ -214,9 +214,10 @@ def test_cli_split_scores_exactly_the_training_validation_rows(tmp_path, tiny_mo
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert ev.main(["--data", str(tmp_path / "missing.tsv"), "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "does not exist" in err and "\n" not in err
+    assert err.startswith("python -m autext_jax.evaluate: error:")
+    assert "does not exist" in err and "\n" not in err
     (tmp_path / "bad.tsv").write_text("id\ttext\tlabel\n1\thi\tperhaps\n")
-    assert ev.main(["--data", str(tmp_path / "bad.tsv"), "--output-dir", str(tmp_path)]) == 2
+    assert ev.main(["--data", str(tmp_path / "bad.tsv"), "--output-dir", str(tmp_path)]) == 1  # bad data
     assert "'perhaps'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # argparse: the two threshold options exclude each other
         ev.main(["--data", "x", "--threshold", "0.5", "--target-fpr", "0.1"])

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autext_jax import train
+from autext_jax import errors, train
 
 REPO = Path(__file__).resolve().parent.parent
 _WORDS = {
@@ -217,7 +217,7 @@ def test_other_config_is_refused_unless_allowed(setup, reference, capsys):
     before = (workdir / "train_config.json").read_text()
     code = train.main([*base, "--set", "optimizer.learning_rate=0.01"])
     err = capsys.readouterr().err
-    assert code == train.EXIT_BAD_INPUT
+    assert code == errors.EXIT_USAGE
     assert "optimizer.learning_rate" in err and "allow_config_change=true" in err
     assert (workdir / "train_config.json").read_text() == before
     # Settings that do not change the trajectory may differ; a finished run then stops at once.
@@ -247,7 +247,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path):
         "optimizer.max_grad_norm=none",
     ]
     cfg = train.resolve_config(train._parser().parse_args(args))
-    with pytest.raises(train.TrainingDiverged, match="became nan|became inf"):
+    with pytest.raises(errors.TrainingDiverged, match="became nan|became inf"):
         train.run(cfg, tmp_path)
     ckpt = Checkpointer(tmp_path / "checkpoints", CheckpointConfig())
     steps = ckpt.all_steps()
@@ -273,9 +273,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path):
 def test_bad_input_exits_2_with_one_line(setup, tmp_path, capsys, extra, message):
     code = train.main([*setup["base"], "--workdir", str(tmp_path / "w"), "--max-steps", "2", *extra])
     err = capsys.readouterr().err.strip()
-    assert code == train.EXIT_BAD_INPUT
+    assert code == errors.EXIT_USAGE
     assert message in err
-    assert err.startswith("error: ") and "Traceback" not in err
+    assert err.startswith("python -m autext_jax.train: error: ") and "Traceback" not in err
 
 
 def test_unknown_labels_and_empty_data_are_reported(setup, tmp_path, capsys):
@@ -284,24 +284,25 @@ def test_unknown_labels_and_empty_data_are_reported(setup, tmp_path, capsys):
     (bad / "train.tsv").write_text("id\ttext\tlabel\n1\thello\thuman\n2\tworld\tmachine\n")
     code = train.main([*setup["base"], "--workdir", str(tmp_path / "w"), "--set", f"data.paths={bad.parent}"])
     err = capsys.readouterr().err
-    assert code == train.EXIT_BAD_INPUT and "'machine'" in err
+    assert code == errors.EXIT_BAD_INPUT and "'machine'" in err
     empty = tmp_path / "empty" / "en"
     empty.mkdir(parents=True)
     (empty / "train.tsv").write_text("id\ttext\tlabel\n")
     code = train.main(
         [*setup["base"], "--workdir", str(tmp_path / "w2"), "--set", f"data.paths={empty.parent}"]
     )
-    assert code == train.EXIT_BAD_INPUT and "error: " in capsys.readouterr().err
+    assert code == errors.EXIT_BAD_INPUT and "train: error: " in capsys.readouterr().err
 
 
 def test_divergence_exits_3(setup, tmp_path, capsys, monkeypatch):
     def diverge(cfg, workdir):
-        raise train.TrainingDiverged("step 2: loss became nan; stopped, the last good checkpoint is kept")
+        raise errors.TrainingDiverged("step 2: loss became nan; stopped, the last good checkpoint is kept")
 
     monkeypatch.setattr(train, "run", diverge)
     code = train.main([*setup["base"], "--workdir", str(tmp_path)])
-    assert code == train.EXIT_DIVERGED
-    assert (
-        capsys.readouterr().err.strip()
-        == "error: step 2: loss became nan; stopped, the last good checkpoint is kept"
+    assert code == errors.EXIT_DIVERGED
+    expected = (
+        "python -m autext_jax.train: error: "
+        "step 2: loss became nan; stopped, the last good checkpoint is kept"
     )
+    assert capsys.readouterr().err.strip() == expected

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from autext_jax import train
+from autext_jax import errors, train
 from autext_jax.config import ConfigError
 from autext_jax.train_config import load_config_file
 
@@ -108,5 +108,6 @@ def test_init_with_an_unreachable_hub_id_is_one_clear_line(tmp_path, capsys):
         ["--config", str(CONFIGS / "tiny.py"), "--workdir", str(tmp_path), "--init", "nobody/no-such-model"]
     )
     err = capsys.readouterr().err.strip()
-    assert code == train.EXIT_BAD_INPUT
-    assert err.startswith("error: ") and "nobody/no-such-model" in err and "\n" not in err
+    assert code == errors.EXIT_USAGE
+    assert err.startswith("python -m autext_jax.train: error: ")
+    assert "nobody/no-such-model" in err and "\n" not in err
