@@ -11,10 +11,13 @@ Exit codes: 0 done; 1 bad input or model (one line naming file and line); 2 usag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
-import gzip
+import errno
+import io
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -23,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from autext_jax import cli
+from autext_jax import cli, tables
 from autext_jax.errors import InputDataError as InputError
 from autext_jax.errors import UsageError
 
-FORMATS = ("txt", "jsonl", "csv", "tsv")
+FORMATS = tables.FORMATS
 COMPILE_CACHE_ENV = "AUTEXT_JAX_COMPILE_CACHE"
 
 
@@ -44,125 +47,32 @@ class Item:
 
 
 def input_format(path: str, forced: str | None) -> str:
-    if forced:
-        return forced
-    if path == "-":
-        return "txt"
-    name = path[:-3] if path.endswith(".gz") else path
-    suffix = Path(name).suffix.lower().lstrip(".")
-    return suffix if suffix in FORMATS else "txt"
-
-
-def _open_binary(path: str) -> IO[bytes]:
-    if path == "-":
-        return sys.stdin.buffer
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
-
-
-def _decoded_lines(path: str, stream: IO[bytes]) -> Iterator[tuple[int, str, str | None]]:
-    """(line number, text, problem) triples, decoded line by line so an error names its exact line.
-
-    An undecodable line comes with a problem message (and its text decoded with replacements).
-    """
-    try:
-        for lineno, raw in enumerate(stream, 1):
-            problem = None
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                problem = f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start})"
-                line = raw.decode("utf-8", errors="replace")
-            if lineno == 1:
-                line = line.removeprefix("\ufeff")
-            yield lineno, line, problem
-    except (OSError, EOFError) as err:  # e.g. a truncated or corrupt .gz
-        raise InputError(f"{path}: cannot read ({err})") from None
+    return forced or tables.format_of(path)
 
 
 def read_items(path: str, fmt: str, on_error: str, first_index: int) -> Iterator[Item]:
-    """Items of one input; ``first_index`` numbers records without an ``id`` across all inputs.
+    """Items of one input (read by ``tables``); ``first_index`` numbers records without an ``id``.
 
-    A bad record raises ``InputError`` or, with ``on_error="skip"``, becomes an item with ``error``.
+    A bad record raises ``InputError`` or, with ``on_error="skip"``, becomes an item with ``error``
+    that keeps the record's own ``id`` when it has one.
     """
-    stream = _open_binary(path)
-    reader = {"txt": _txt_items, "jsonl": _jsonl_items}.get(fmt, _table_items)
-    try:
-        for index, item in enumerate(reader(path, fmt, _decoded_lines(path, stream)), first_index):
-            if item.error is not None and on_error != "skip":
-                raise InputError(item.error)
-            if item.id is None:
-                item.id = index
-            yield item
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
+    for index, record in enumerate(tables.read(path, fmt, required=("text",)), first_index):
+        item = _item(record)
+        if item.error is not None and on_error != "skip":
+            raise InputError(item.error)
+        if item.id is None:
+            item.id = index
+        yield item
 
 
-def _bad(message: str) -> Item:
-    return Item(id=None, text=None, error=message)
-
-
-def _txt_items(path: str, fmt: str, lines: Iterator[tuple[int, str, str | None]]) -> Iterator[Item]:
-    for _, line, problem in lines:
-        yield _bad(problem) if problem else Item(id=None, text=line.rstrip("\r\n"))
-
-
-def _jsonl_items(path: str, fmt: str, lines: Iterator[tuple[int, str, str | None]]) -> Iterator[Item]:
-    for lineno, line, problem in lines:
-        if problem:
-            yield _bad(problem)
-        elif not line.strip():
-            continue  # a blank line holds no record in JSONL
-        else:
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield _bad(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})")
-                continue
-            if isinstance(obj, dict) and isinstance(obj.get("text"), str):
-                yield Item(id=obj.get("id"), text=obj["text"])
-            else:
-                yield _bad(f"{path}:{lineno}: expected a JSON object with a string field 'text'")
-
-
-def _table_items(path: str, fmt: str, lines: Iterator[tuple[int, str, str | None]]) -> Iterator[Item]:
-    state = {"lineno": 0, "problem": None}
-
-    def numbered() -> Iterator[str]:
-        for lineno, line, problem in lines:
-            state["lineno"] = lineno
-            state["problem"] = state["problem"] or problem
-            yield line
-
-    csv.field_size_limit(2**31 - 1)  # a 1 MB text is a valid field
-    reader = csv.reader(numbered(), delimiter="\t" if fmt == "tsv" else ",")
-    kind = fmt.upper()
-    try:
-        header = next(reader, None)
-    except csv.Error as err:
-        raise InputError(f"{path}:{state['lineno']}: malformed {kind} header ({err})") from None
-    if header is None:
-        return
-    if state["problem"] or "text" not in header:
-        found = ", ".join(header) or "(none)"
-        raise InputError(state["problem"] or f"{path}: no 'text' column; columns found: {found}")
-    text_col, id_col = header.index("text"), header.index("id") if "id" in header else None
-    while True:
-        state["problem"] = None
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as err:
-            yield _bad(f"{path}:{state['lineno']}: malformed {kind} row ({err})")
-            continue
-        if state["problem"]:
-            yield _bad(state["problem"])
-        elif len(row) != len(header):
-            if row:  # a blank line holds no record
-                yield _bad(f"{path}:{state['lineno']}: {len(row)} fields, the header has {len(header)}")
-        else:
-            yield Item(id=row[id_col] if id_col is not None else None, text=row[text_col])
+def _item(record: tables.Record) -> Item:
+    if record.values is None:
+        return Item(id=None, text=None, error=record.problem)
+    text, item_id = record.values.get("text"), record.values.get("id")
+    if not isinstance(text, str):
+        kind = "null" if text is None else type(text).__name__
+        return Item(id=item_id, text=None, error=f"{record.where}: field 'text' must be a string, got {kind}")
+    return Item(id=item_id, text=text)
 
 
 def all_items(args: argparse.Namespace) -> Iterator[Item]:
@@ -189,8 +99,9 @@ def count_records(args: argparse.Namespace) -> int | None:
         return None
 
 
-def check_paths(paths: list[str]) -> None:
-    for path in paths:
+def check_paths(inputs: list[str], output: str | None) -> None:
+    """Refuse what cannot work before anything is opened: missing inputs, an output that is an input."""
+    for path in inputs:
         if path == "-":
             continue
         if not os.path.exists(path):
@@ -199,31 +110,82 @@ def check_paths(paths: list[str]) -> None:
             raise UsageError(f"input {path}: is a directory, expected a file")
         if not os.access(path, os.R_OK):
             raise UsageError(f"input {path}: not readable (permission denied)")
+        # samefile follows links (symbolic and hard): writing there would empty the input.
+        if output and os.path.exists(output) and os.path.samefile(path, output):
+            raise UsageError(f"--output {output} is the input {path}; writing it would destroy the input")
+    if output:
+        parent = Path(output).resolve().parent
+        if os.path.isdir(output) or not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise UsageError(f"--output {output}: cannot write there (a directory, or no such folder)")
 
 
 # ---- writing ----------------------------------------------------------------------------------
 
 
 class RecordWriter:
-    """JSONL or CSV records, each written whole and flushed at once."""
+    """JSONL or CSV records, each written whole and at once (no buffer holds half a record).
 
-    def __init__(self, stream: IO[str], fmt: str, columns: list[str]):
+    On a file or pipe every record goes out in unbuffered writes; if one fails (a full disk), a
+    regular file is cut back to the end of the last complete record before the error is raised.
+    JSON is strict: a non-finite number is refused rather than written as ``NaN``.
+    """
+
+    def __init__(self, stream: IO[str] | IO[bytes], fmt: str, columns: list[str], name: str = "<stdout>"):
         self.stream = stream
         self.fmt = fmt
         self.columns = columns
+        self.name = name
         self.count = 0
-        if fmt == "csv":
-            self._csv = csv.writer(stream, lineterminator="\n")
-            self._csv.writerow(columns)
-            stream.flush()
+        self._bytes = 0  # length of the complete records written
+
+    def begin(self) -> None:
+        """The CSV header (nothing for JSONL)."""
+        if self.fmt == "csv":
+            self._write(self._csv_line(self.columns))
+
+    @staticmethod
+    def _csv_line(values: list[Any]) -> str:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow(values)
+        return buffer.getvalue()
 
     def write(self, record: dict[str, Any]) -> None:
         if self.fmt == "csv":
-            self._csv.writerow(["" if record.get(c) is None else record[c] for c in self.columns])
+            line = self._csv_line(["" if record.get(c) is None else record[c] for c in self.columns])
         else:
-            self.stream.write(json.dumps({c: record.get(c) for c in self.columns}, ensure_ascii=False) + "\n")
-        self.stream.flush()
+            fields = {c: record.get(c) for c in self.columns}
+            line = json.dumps(fields, ensure_ascii=False, allow_nan=False) + "\n"
+        self._write(line)
         self.count += 1
+
+    def _write(self, line: str) -> None:
+        if isinstance(self.stream, io.TextIOBase):  # e.g. a captured sys.stdout
+            self.stream.write(line)
+            self.stream.flush()
+            return
+        data = memoryview(line.encode("utf-8"))
+        try:
+            while data:
+                data = data[self.stream.write(data) or 0 :]
+        except OSError as err:
+            if self.stream.seekable():
+                with contextlib.suppress(OSError):  # not a regular file (e.g. /dev/full)
+                    self.stream.truncate(self._bytes)
+            written = f"{self.count} complete records written before it" if self.count else "nothing written"
+            reason = err.strerror or os.strerror(err.errno or errno.EIO)
+            raise OSError(err.errno, f"{reason} ({written})", self.name) from None
+        self._bytes += len(line.encode("utf-8"))
+
+
+def _open_output(path: str | None) -> IO[str] | IO[bytes]:
+    """The unbuffered binary stream records go to (``sys.stdout`` as is when it has no file)."""
+    if path:
+        return open(path, "wb", buffering=0)
+    raw = getattr(getattr(sys.stdout, "buffer", None), "raw", None)
+    if raw is None:
+        return sys.stdout
+    sys.stdout.flush()
+    return raw
 
 
 def output_columns(args: argparse.Namespace) -> list[str]:
@@ -288,11 +250,7 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    check_paths(args.inputs)
-    if args.output:
-        parent = Path(args.output).resolve().parent
-        if os.path.isdir(args.output) or not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise UsageError(f"--output {args.output}: cannot write there (a directory, or no such folder)")
+    check_paths(args.inputs, args.output)
     cache_dir = args.compile_cache or os.environ.get(COMPILE_CACHE_ENV)
     detector = _load_detector(args, cache_dir)
     log = logging.getLogger("autext_jax.infer")
@@ -301,13 +259,14 @@ def _run(args: argparse.Namespace) -> int:
         "model: %s%s (dtype %s, threshold %.4f)", which, detector.model_dir, args.dtype, detector.threshold
     )
     total = None if args.quiet or not args.inputs or args.inputs == ["-"] else count_records(args)
-    out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+    out = _open_output(args.output)
     start = time.perf_counter()
-    writer = RecordWriter(out, args.format, output_columns(args))
+    writer = RecordWriter(out, args.format, output_columns(args), args.output or "<stdout>")
     try:
+        writer.begin()
         _score(args, detector, writer, total)
     finally:
-        if out is not sys.stdout:
+        if args.output:
             out.close()
         _report(log, detector, writer.count, time.perf_counter() - start, cache_dir)
     return 0
@@ -362,6 +321,10 @@ def _score(args: argparse.Namespace, detector, writer: RecordWriter, total: int 
         for item, doc in detector.engine.run(items):
             record: dict[str, Any] = {"id": item.id}
             if doc is not None:
+                if not math.isfinite(doc.bot) or not math.isfinite(doc.english):
+                    raise InputError(
+                        f"record {item.id!r}: the model gave a non-finite score (broken weights or dtype)"
+                    )
                 record.update(detector.record(doc.bot, doc.english, doc.n_chunks))
             else:
                 record["error"] = item.error

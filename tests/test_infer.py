@@ -168,3 +168,84 @@ def test_ctrl_c_leaves_complete_records(tmp_path, tiny_model_dir):
     assert text.endswith("\n")
     got = records(text.splitlines())
     assert 10 < len(got) < 200_000 and [r["id"] for r in got] == list(range(len(got)))
+
+
+def test_output_that_is_an_input_is_refused_before_opening(tmp_path, capsys, tiny_model_dir):
+    source = tmp_path / "x.txt"
+    source.write_text("one\ntwo\n")
+    link = tmp_path / "link.txt"
+    link.symlink_to(source)
+    for output in (source, link):
+        code, lines, err = run_cli(capsys, "--model", tiny_model_dir, "-i", source, "-o", output, "-q")
+        assert code == 2 and lines == [] and "is the input" in err and err.strip().count("\n") == 0
+        assert source.read_text() == "one\ntwo\n"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_disk_full_is_one_line_exit_1(capsys, tiny_model_dir):
+    code, lines, err = run_cli(capsys, "--model", tiny_model_dir, "a", "b", "-o", "/dev/full", "-q")
+    assert code == 1 and "/dev/full" in err and "No space left" in err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+
+
+def test_full_disk_leaves_only_complete_lines(tmp_path):
+    class Full(io.RawIOBase):
+        """A file that takes 80 bytes, then fails like a full disk (after a partial write)."""
+
+        def __init__(self):
+            self.data = bytearray()
+
+        def writable(self):
+            return True
+
+        def seekable(self):
+            return True
+
+        def write(self, b):
+            room = 80 - len(self.data)
+            if room <= 0:
+                raise OSError(28, "No space left on device")
+            self.data += bytes(b[:room])
+            return min(room, len(b))
+
+        def truncate(self, size=None):
+            del self.data[size:]
+            return size
+
+    sink = Full()
+    writer = infer.RecordWriter(sink, "jsonl", ["id", "bot_prob"], "out.jsonl")
+    with pytest.raises(OSError, match="2 complete records written before it"):
+        for i in range(10):
+            writer.write({"id": f"record-{i}", "bot_prob": 0.5})
+    assert sink.data.endswith(b"\n") and len(sink.data.splitlines()) == 2
+    with pytest.raises(ValueError):  # never a bare NaN in JSON output
+        writer.write({"id": 1, "bot_prob": float("nan")})
+
+
+def test_tsv_is_one_row_per_line_even_with_an_unmatched_quote(tmp_path, capsys, tiny_model_dir):
+    table = tmp_path / "q.tsv"
+    body = 'id\ttext\r\n1\t"starts with a quote\r\n2\tplain\r\n3\tmore "quoted" text\r\n4\tlast\r\n'
+    table.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    code, lines, err = run_cli(capsys, "--model", tiny_model_dir, "-i", table, "--include-text", "-q")
+    got = records(lines)
+    assert code == 0, err
+    assert [(r["id"], r["text"]) for r in got] == [
+        ("1", '"starts with a quote'), ("2", "plain"), ("3", 'more "quoted" text'), ("4", "last")
+    ]
+
+
+def test_skip_keeps_the_id_of_a_bad_record_and_odd_json_is_refused(tmp_path, capsys, tiny_model_dir):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"id": "keep-me", "text": 5}\n{"id": "n", "text": null}\n{"id": NaN, "text": "x"}\n'
+        + "[" * 200_000 + "]" * 200_000 + "\n"
+    )
+    code, lines, err = run_cli(capsys, "--model", tiny_model_dir, "-i", bad, "-q", "--on-error", "skip")
+    got = records(lines)
+    assert code == 0, err
+    assert [r["id"] for r in got] == ["keep-me", "n", 2, 3]
+    assert "field 'text' must be a string, got int" in got[0]["error"] and "got null" in got[1]["error"]
+    assert "non-standard JSON constant NaN" in got[2]["error"] and "nested too deeply" in got[3]["error"]
+    bad.write_text("[" * 200_000 + "]" * 200_000 + "\n")
+    code, lines, err = run_cli(capsys, "--model", tiny_model_dir, "-i", bad, "-q")
+    assert code == 1 and f"{bad}:1" in err and err.strip().count("\n") == 0
