@@ -16,11 +16,11 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from autext_jax.config import ModelConfig
+from autext_jax.config import COMPUTE_DTYPES, ModelConfig, check_dtype, check_threshold
 from autext_jax.engine import InferenceEngine
 from autext_jax.scores import scores_from_logits
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {name: jnp.dtype(name) for name in COMPUTE_DTYPES}
 
 
 class Detector:
@@ -40,8 +40,8 @@ class Detector:
         stride: int = 128,
         **engine_options: Any,
     ):
-        if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        if threshold is not None:
+            check_threshold(threshold)
         self.config = config
         self.model = model
         self.tokenizer = tokenizer
@@ -105,14 +105,14 @@ def load(
     ``hub.ModelNotFoundError``, ``convert.ConversionError`` or ``config.ConfigError`` with a message
     saying what to do.
     """
-    from autext_jax.convert import load_checkpoint
+    from autext_jax.convert import check_tokenizer, load_checkpoint
     from autext_jax.hub import resolve_model_dir
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    check_dtype(dtype)
     model_dir = resolve_model_dir(model)
     checkpoint = load_checkpoint(model_dir, key_map=key_map, allow_pickle=allow_pickle, dtype=DTYPES[dtype])
     tokenizer = load_tokenizer(model_dir)
+    check_tokenizer(tokenizer, checkpoint.config, model_dir)
     return Detector(
         checkpoint.config,
         checkpoint.model,

@@ -48,6 +48,18 @@ def setup_logging(prog: str, *, verbose: bool = True, timestamps: bool = False, 
     package.propagate = False
 
 
+def threshold_arg(text: str) -> float:
+    """argparse ``type`` for a decision threshold (the range check of ``config.check_threshold``)."""
+    from autext_jax.config import ConfigError, check_threshold
+
+    try:
+        return check_threshold(float(text))
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from autext_jax.errors import AutextError
 POOLINGS = ("cls", "mean", "pooler")
 HEAD_ACTIVATIONS = ("relu", "gelu", "tanh")
 ENCODER_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+# The one list of compute dtypes (inference and training); parameters are float32 either way.
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 # ``config.json`` exactly as published with ``pandrei7/autextification-upb-mtl`` (from its Hub page).
@@ -40,6 +43,50 @@ class ConfigError(AutextError, ValueError):
     """A configuration that cannot describe a usable model; the message says what to fix."""
 
 
+def check_threshold(value: Any, what: str = "threshold") -> float:
+    """The one range check of a decision threshold: a real number in [0, 1] (not a string or bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{what} must be a number in [0, 1], got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ConfigError(f"{what} {value} is outside [0, 1]")
+    return float(value)
+
+
+def check_dtype(name: Any, what: str = "dtype") -> str:
+    """The one check of a compute dtype name against ``COMPUTE_DTYPES``."""
+    if name not in COMPUTE_DTYPES:
+        raise ConfigError(f"{what} {name!r} is not one of {COMPUTE_DTYPES}")
+    return name
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold one object (``config.json`` and friends); anything else is one line."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is not valid JSON ({err})") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is nested too deeply to be a config file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object, not a {type(data).__name__}")
+    return data
+
+
+_KINDS = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
+
+
+def _check_types(cfg: Any) -> None:
+    """Each scalar field has its declared kind (a ``"64"`` from a hand-edited config.json is one line)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        kind = type(f.default) if f.default is not dataclasses.MISSING else None
+        allowed = _KINDS.get(kind)
+        if allowed is None:
+            continue
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, allowed):
+            raise ConfigError(f"{f.name} must be a {kind.__name__}, got {type(value).__name__} {value!r}")
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """XLM-RoBERTa encoder hyperparameters (defaults: ``xlm-roberta-base``)."""
@@ -59,6 +106,7 @@ class EncoderConfig:
     use_pooler: bool = True
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.hidden_size % self.num_heads:
             raise ConfigError(
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
@@ -94,6 +142,8 @@ class EncoderConfig:
     @classmethod
     def from_hf_config(cls, hf: dict[str, Any]) -> EncoderConfig:
         """Build from a Hugging Face ``config.json`` dict (XLM-R / RoBERTa / BERT style)."""
+        if not isinstance(hf, dict):
+            raise ConfigError(f"the encoder config must be a JSON object, not a {type(hf).__name__}")
         missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads") if k not in hf]
         if missing:
             raise ConfigError(f"encoder config lacks {missing}; expected a Hugging Face XLM-R config.json")
@@ -146,8 +196,8 @@ class ModelConfig:
             raise ConfigError(f"head_activation {self.head_activation!r} is not one of {HEAD_ACTIVATIONS}")
         if self.pooling == "pooler" and not self.encoder.use_pooler:
             raise ConfigError("pooling='pooler' needs an encoder with use_pooler=True")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"threshold {self.threshold} is outside [0, 1]")
+        check_threshold(self.threshold)
+        _check_types(self)
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -198,10 +248,9 @@ class ModelConfig:
         if not path.is_file():
             raise ConfigError(f"no config.json in {directory}; pass a model directory in the HF layout")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path} is not valid JSON ({err})") from None
-        return cls.from_published_json(data, base_dir=path.parent)
+            return cls.from_published_json(read_json_object(path), base_dir=path.parent)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}" if str(path) not in str(err) else str(err)) from None
 
 
 def _resolve_encoder(

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from autext_jax.config import EncoderConfig, ModelConfig
+from autext_jax.config import EncoderConfig, ModelConfig, read_json_object
 from autext_jax.errors import InputDataError
 from autext_jax.model import MultiTaskModel, abstract_model, create_model
 
@@ -134,6 +134,7 @@ class _TensorSource:
         self.model_dir = model_dir
         self._file_of: dict[str, Path] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, str] = {}  # safetensors' names ("F32", "I8", ...) for every tensor
         self._pickled: dict[str, Any] | None = None
         single, index = model_dir / SAFETENSORS_NAME, model_dir / SAFETENSORS_INDEX_NAME
         if single.is_file():
@@ -168,7 +169,9 @@ class _TensorSource:
             try:
                 with safe_open(path, framework="numpy") as handle:
                     for key in handle.keys():
-                        self.shapes[key] = tuple(handle.get_slice(key).get_shape())
+                        tensor = handle.get_slice(key)
+                        self.shapes[key] = tuple(tensor.get_shape())
+                        self.dtypes[key] = tensor.get_dtype()
                         self._file_of[key] = path
             except (SafetensorError, OSError) as err:
                 raise ConversionError(
@@ -189,6 +192,7 @@ class _TensorSource:
             state = state["state_dict"]
         self._pickled = {k: v for k, v in state.items() if hasattr(v, "shape")}
         self.shapes = {k: tuple(v.shape) for k, v in self._pickled.items()}
+        self.dtypes = {k: _TORCH_DTYPES.get(str(v.dtype), str(v.dtype)) for k, v in self._pickled.items()}
 
     def read_many(self, keys: list[str]) -> Iterator[tuple[str, np.ndarray]]:
         """Yield ``(key, float32 array)`` one tensor at a time."""
@@ -198,6 +202,13 @@ class _TensorSource:
             else:
                 yield key, _read_float32(self._file_of[key], key, self.shapes[key])
 
+
+# Weights we read as float32 without loss of meaning. Integer (quantised) tensors would need their
+# scales, which no supported layout carries: they are refused rather than cast into nonsense.
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+_TORCH_DTYPES = {
+    "torch.float64": "F64", "torch.float32": "F32", "torch.float16": "F16", "torch.bfloat16": "BF16"
+}
 
 # Large tensors are read in row blocks of about this size, reopening the file for each block:
 # pages touched through a memory map count towards RSS until it is closed, so reading the
@@ -385,10 +396,7 @@ def _config_for(model_dir: Path, shapes_by_ref: dict[str, tuple[int, ...]]) -> t
     """The model config and whether config.json is an encoder-only HF config (not the published form)."""
     path = model_dir / "config.json"
     if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConversionError(f"{path} is not valid JSON ({err})") from None
+        data = read_json_object(path)
         published = "hidden_nodes" in data or "transformer_name" in data or "encoder" in data
         if not published and "hidden_size" in data:
             encoder = EncoderConfig.from_hf_config(data)
@@ -526,17 +534,33 @@ def load_checkpoint(
     ]
     if bad:
         raise ConversionError(f"mis-shaped tensors in {model_dir}: {sorted(bad)}")
+    dtypes = source.dtypes
+    not_float = sorted(f"{k} ({dtypes[k]})" for k in by_ref.values() if dtypes[k] not in FLOAT_DTYPES)
+    if not_float:
+        raise ConversionError(
+            f"{len(not_float)} tensors in {model_dir} are not floating point, e.g. "
+            f"{', '.join(not_float[:3])}; quantised checkpoints are not supported: store the weights as "
+            f"{'/'.join(FLOAT_DTYPES)}"
+        )
 
     rest, fresh_values = _materialise_rest(config, dtype, seed, tuple(fresh))
     values: dict[tuple, jax.Array] = dict(fresh_values)
     ref_of_file = {k: ref for ref, k in by_ref.items()}
+    non_finite = []
     for file_key, array in source.read_many(list(ref_of_file)):
+        if not np.isfinite(array).all():
+            non_finite.append(file_key)
         rule = rules[ref_of_file[file_key]]
         if rule.transpose:
             array = np.ascontiguousarray(array.T)
         # Wait for each transfer: async copies would keep many host buffers alive at once.
         values[rule.path] = jax.device_put(array).block_until_ready()
         del array
+    if non_finite:
+        raise ConversionError(
+            f"{len(non_finite)} tensors in {model_dir} hold NaN or infinite values, e.g. "
+            f"{', '.join(sorted(non_finite)[:3])}; the checkpoint is damaged: re-download or re-export it"
+        )
     flat = nnx.to_flat_state(params)
     for path, variable in flat:
         variable.set_value(values.pop(path))
@@ -544,6 +568,16 @@ def load_checkpoint(
     model.eval()  # a loaded checkpoint scores; training switches it back with model.train()
     ignored = tuple(sorted(k for k, ref in layout.mapping.items() if ref is None or ref not in rules))
     return LoadedCheckpoint(config, model, tuple(fresh), ignored, model_dir)
+
+
+def check_tokenizer(tokenizer, config: ModelConfig, where: str | Path) -> None:
+    """Refuse a tokenizer whose ids do not all fit the embedding table (they would index out of range)."""
+    size = len(tokenizer)
+    if size > config.encoder.vocab_size:
+        raise ConversionError(
+            f"the tokenizer in {where} has {size} tokens but the model's embedding has "
+            f"{config.encoder.vocab_size} rows; use the tokenizer the model was trained with"
+        )
 
 
 def expected_shapes(cfg: ModelConfig, params: nnx.State | None = None) -> dict[str, tuple[int, ...]]:

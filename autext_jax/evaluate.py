@@ -358,7 +358,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", default="auto", help="data format (default: from the file names)")
     parser.add_argument("--languages", nargs="*", default=None, help="keep only these languages (e.g. en es)")
     choice = parser.add_mutually_exclusive_group()
-    choice.add_argument("--threshold", type=float, default=None, help="decision threshold on bot_prob")
+    choice.add_argument(
+        "--threshold", type=cli.threshold_arg, default=None, help="decision threshold on bot_prob"
+    )
     choice.add_argument(
         "--target-fpr",
         type=float,
@@ -392,8 +394,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.target_fpr is not None and not 0.0 <= args.target_fpr <= 1.0:
         raise UsageError(f"--target-fpr {args.target_fpr} is outside [0, 1]")
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise UsageError(f"--threshold {args.threshold} is outside [0, 1]")
     ds = load_examples(args.data, args.format, languages=args.languages)
     if args.split != "all":
         train, val = split_by_id(ds, args.val_fraction, args.split_salt)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from autext_jax import cli, tables
+from autext_jax.config import COMPUTE_DTYPES
 from autext_jax.errors import InputDataError as InputError
 from autext_jax.errors import UsageError
 
@@ -215,12 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format")
     p.add_argument("--include-text", action="store_true", help="copy each text into its record")
     p.add_argument("--model", "-m", help="model directory or Hub id (default: the embedded model)")
-    p.add_argument("--threshold", type=float, help="is_bot threshold (default: the model's)")
+    p.add_argument("--threshold", type=cli.threshold_arg, help="is_bot threshold (default: the model's)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="rows of a max-length batch; shorter buckets get more rows, same tokens "
                    "(default: 2048 tokens on CPU, 32 rows on accelerators)")
     p.add_argument("--max-length", type=int, default=512, help="tokens per text or window (default 512)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--dtype", choices=COMPUTE_DTYPES, default="float32")
     p.add_argument("--long", choices=("truncate", "chunk"), default="truncate",
                    help="texts over max-length: keep the start (default) or score overlapping windows")
     p.add_argument("--stride", type=int, default=128, help="tokens shared by adjacent windows (chunk)")

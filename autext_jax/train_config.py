@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from autext_jax.checkpointing import CheckpointConfig
-from autext_jax.config import ConfigError, ModelConfig
+from autext_jax.config import COMPUTE_DTYPES, ConfigError, ModelConfig
 from autext_jax.data import DataConfig
 from autext_jax.optim import OptimizerConfig
 from autext_jax.sharding import MeshConfig
 
-DTYPES = ("float32", "bfloat16")
+DTYPES = COMPUTE_DTYPES
 
 
 @dataclass(frozen=True)

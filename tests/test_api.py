@@ -99,3 +99,16 @@ def test_scoring_and_training_never_import_torch(tiny_model_dir):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path, tiny_tokenizer_dir):
+    from conftest import TINY_VOCAB, tiny_model_config
+
+    from autext_jax.convert import ConversionError, export_checkpoint
+    from autext_jax.model import create_model
+
+    small = tiny_model_config(encoder_changes={"vocab_size": 200})
+    export_checkpoint(create_model(small, seed=0), small, tmp_path, tokenizer_dir=tiny_tokenizer_dir)
+    message = f"has {TINY_VOCAB} tokens but the model's embedding has 200 rows"
+    with pytest.raises(ConversionError, match=message):
+        load(tmp_path)

@@ -96,3 +96,39 @@ def test_load_errors_name_the_file(tmp_path) -> None:
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="is not valid JSON"):
         ModelConfig.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"threshold": "0.5"}, r"threshold must be a number in \[0, 1\], got str '0.5'"),
+        ({"threshold": True}, "threshold must be a number"),
+        ({"threshold": float("nan")}, r"threshold nan is outside \[0, 1\]"),
+        ({"hidden_nodes": "64"}, "hidden_nodes must be a int, got str '64'"),
+        ({"encoder": [1, 2]}, "encoder config must be a JSON object, not a list"),
+        ([{"threshold": 0.5}], "must hold a JSON object, not a list"),
+        ("[" * 200_000 + "]" * 200_000, "nested too deeply"),
+    ],
+)
+def test_hand_edited_config_json_is_one_clear_line(tmp_path, content, message) -> None:
+    base = tiny_model_config().to_published_json()
+    if isinstance(content, str):
+        text = content
+    else:
+        text = json.dumps(content if isinstance(content, list) else {**base, **content})
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ConfigError, match=message) as caught:
+        ModelConfig.load(tmp_path)
+    assert str(tmp_path / "config.json") in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_one_threshold_check_and_one_dtype_list() -> None:
+    from autext_jax import api, cli, train_config
+    from autext_jax.config import COMPUTE_DTYPES, check_dtype, check_threshold
+
+    assert check_threshold(1) == 1.0 and cli.threshold_arg("0.25") == 0.25
+    assert tuple(api.DTYPES) == COMPUTE_DTYPES == train_config.DTYPES
+    with pytest.raises(ConfigError, match="dtype 'float16' is not one of"):
+        check_dtype("float16")
+    with pytest.raises(ConfigError, match=r"--threshold 2.0 is outside"):
+        check_threshold(2.0, "--threshold")

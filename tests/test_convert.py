@@ -396,3 +396,23 @@ def test_package_never_imports_torch() -> None:
     code = "import sys, autext_jax.convert, autext_jax.hub; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_non_finite_weights_are_refused(tmp_path, tiny_model_dir, reference_state) -> None:
+    broken = dict(reference_state)
+    key = "bot_head.2.weight"
+    broken[key] = broken[key].copy()
+    broken[key][0, 0] = np.nan
+    directory = _write(tmp_path / "nan", broken, _published_config(tiny_model_dir))
+    message = r"1 tensors .* hold NaN or infinite values, e\.g\. bot_head\.2\.weight"
+    with pytest.raises(ConversionError, match=message):
+        load_checkpoint(directory)
+
+
+def test_integer_weights_are_refused_naming_the_dtype(tmp_path, tiny_model_dir, reference_state) -> None:
+    quantised = dict(reference_state)
+    key = "transformer.encoder.layer.0.output.dense.weight"
+    quantised[key] = np.clip(np.round(quantised[key] * 100), -127, 127).astype(np.int8)
+    directory = _write(tmp_path / "int8", quantised, _published_config(tiny_model_dir))
+    with pytest.raises(ConversionError, match=rf"not floating point, e\.g\. {key} \(I8\)"):
+        load_checkpoint(directory)

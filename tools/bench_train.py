@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from autext_jax import sharding as shd
-from autext_jax.config import EncoderConfig, ModelConfig
+from autext_jax.config import COMPUTE_DTYPES, EncoderConfig, ModelConfig
 from autext_jax.model import abstract_model
 from autext_jax.optim import OptimizerConfig, build_optimizer
 from autext_jax.steps import TrainSteps, describe_model
@@ -154,7 +154,7 @@ def bench(name: str, args: argparse.Namespace, peak: float) -> Result:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="tiny,mini,xlm-roberta-base", help=f"comma list of {list(SHAPES)}")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    p.add_argument("--dtype", choices=COMPUTE_DTYPES, default="float32", help="compute dtype")
     p.add_argument("--batch", type=int, default=8, help="global batch (examples per step)")
     p.add_argument("--length", type=int, default=128, help="tokens per example")
     p.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
