@@ -25,15 +25,29 @@ from typing import Any
 import numpy as np
 
 from autext_jax import cli
-from autext_jax.errors import AutextError, UsageError
+from autext_jax.errors import AutextError, InputDataError, UsageError
 from autext_jax.scores import is_bot
 
 CLASS_NAMES = ("human", "generated")
 
 
+class NonFiniteScores(InputDataError):
+    """Scores with NaN/inf: every metric on them would be a meaningless number (exit 1)."""
+
+
+class OneClassError(InputDataError):
+    """A threshold cannot be tuned on rows of one class: any threshold separates them "perfectly"."""
+
+
 def _as_arrays(labels, values) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(labels).astype(np.int64).ravel()
     v = np.asarray(values).ravel()
+    if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
+        bad = int((~np.isfinite(v)).sum())
+        raise NonFiniteScores(
+            f"{bad} of {v.size} scores are not finite (NaN or inf); the model or the predictions file is "
+            "broken, so no metric is computed"
+        )
     if y.shape != v.shape:
         raise ValueError(f"labels ({y.shape[0]}) and predictions/scores ({v.shape[0]}) differ in length")
     if y.size and not np.isin(y, (0, 1)).all():
@@ -138,6 +152,11 @@ def best_threshold(labels, probs) -> tuple[float, float]:
     to the highest threshold (fewest false positives).
     """
     sw = sweep(labels, probs)
+    if not sw.positives or not sw.negatives:
+        raise OneClassError(
+            f"cannot tune a threshold on {sw.negatives} human and {sw.positives} generated rows: both "
+            "classes are needed (give a threshold, or validation data with both labels)"
+        )
     scores = sw.macro_f1
     best = int(np.argmax(scores))
     cut = sw.thresholds[best]
@@ -217,8 +236,11 @@ def _group_report(y, probs, threshold: float, n_bootstrap: int, seed: int) -> di
         },
         "roc_auc": roc_auc(y, probs) if 0 < tp + fn < y.size else None,
     }
-    best, best_f1 = best_threshold(y, probs)
-    out["best_threshold_here"] = {"threshold": best, "macro_f1": best_f1}
+    if 0 < tp + fn < y.size:
+        best, best_f1 = best_threshold(y, probs)
+        out["best_threshold_here"] = {"threshold": best, "macro_f1": best_f1}
+    else:
+        out["best_threshold_here"] = None  # one class only: any threshold is "best"
     return out
 
 

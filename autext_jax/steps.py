@@ -315,8 +315,9 @@ def validation_metrics(
         for name in sorted(set(language[has_bot].tolist())):
             rows_l = has_bot & (language == name)
             out["macro_f1"][name or "unknown"] = macro_f1(bot[rows_l], predictions[rows_l])
-        threshold, best = best_threshold(bot[has_bot], scores["bot_prob"][has_bot])
-        out["best_threshold"], out["best_macro_f1"] = threshold, best
+        if len(set(bot[has_bot].tolist())) == 2:  # tuning on one class would pick a meaningless threshold
+            threshold, best = best_threshold(bot[has_bot], scores["bot_prob"][has_bot])
+            out["best_threshold"], out["best_macro_f1"] = threshold, best
     out["language_accuracy"] = language_accuracy(english, scores["english_prob"], language)
     return out
 

@@ -224,3 +224,24 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert ev.main(["--data", str(tmp_path / "bad.tsv"), "--target-fpr", "2"]) == 2
     assert "--target-fpr 2.0 is outside [0, 1]" in capsys.readouterr().err
+
+
+def test_non_finite_scores_are_an_error_naming_how_many(tmp_path):
+    labels, probs = _scores(50, 3)
+    probs = probs.copy()
+    probs[[1, 7, 9]] = [np.nan, np.inf, np.nan]
+    with pytest.raises(ev.NonFiniteScores, match="3 of 50 scores are not finite"):
+        ev.evaluate_predictions(labels, probs, threshold=0.5, n_bootstrap=0)
+    with pytest.raises(ev.NonFiniteScores):
+        ev.best_threshold(labels, probs)
+
+
+def test_threshold_tuning_on_one_class_is_refused():
+    probs = np.linspace(0.1, 0.9, 20, dtype=np.float32)
+    with pytest.raises(ev.OneClassError, match="20 human and 0 generated rows"):
+        ev.best_threshold(np.zeros(20, int), probs)
+    with pytest.raises(ev.OneClassError):
+        ev.evaluate_predictions(np.ones(20, int), probs, n_bootstrap=0)
+    # A given threshold still evaluates one-class data (e.g. a human-only test set), without "best" claims.
+    report = ev.evaluate_predictions(np.zeros(20, int), probs, threshold=0.5, n_bootstrap=0)
+    assert report["overall"]["best_threshold_here"] is None and report["overall"]["false_positive_rate"] == 0.5
