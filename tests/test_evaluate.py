@@ -244,4 +244,5 @@ def test_threshold_tuning_on_one_class_is_refused():
         ev.evaluate_predictions(np.ones(20, int), probs, n_bootstrap=0)
     # A given threshold still evaluates one-class data (e.g. a human-only test set), without "best" claims.
     report = ev.evaluate_predictions(np.zeros(20, int), probs, threshold=0.5, n_bootstrap=0)
-    assert report["overall"]["best_threshold_here"] is None and report["overall"]["false_positive_rate"] == 0.5
+    overall = report["overall"]
+    assert overall["best_threshold_here"] is None and overall["false_positive_rate"] == 0.5
