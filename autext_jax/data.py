@@ -26,12 +26,17 @@ from typing import Any
 import numpy as np
 
 from autext_jax.batching import bucket_for, bucket_lengths, pad_batch, tokenize
-from autext_jax.errors import EXIT_USAGE, InputDataError
+from autext_jax.sources import (
+    FORMATS,
+    DataError,
+    DataUsageError,
+    find_data_files,
+    language_from_path,
+    read_source,
+)
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "tsv", "csv", "json", "parquet", "disk")
-_SUFFIX_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _LABELS = {"human": 0, "generated": 1, "0": 0, "1": 1, "false": 0, "true": 1}
 _LANGUAGES = {
     "en": "en", "english": "en", "eng": "en", "es": "es", "spanish": "es", "español": "es", "spa": "es"
@@ -40,16 +45,6 @@ _LANGUAGE_COLUMNS = ("language", "lang")
 _NORMALIZE_VERSION = "normalize-v2"
 _TOKENIZE_VERSION = "tokenize-v1"
 COLUMNS = ("id", "text", "bot", "english", "language")
-
-
-class DataError(InputDataError):
-    """Input data the pipeline cannot use; the message names the file/column and what to fix (exit 1)."""
-
-
-class DataUsageError(DataError):
-    """A data setting or path that cannot work (bad format name, missing path, no such language): exit 2."""
-
-    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)
@@ -90,102 +85,7 @@ class DataConfig:
 # ---- loading ---------------------------------------------------------------------------------
 
 
-def _format_of(path: Path) -> str | None:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
-        suffixes = suffixes[:-1]
-    return _SUFFIX_FORMATS.get(suffixes[-1]) if suffixes else None
-
-
-def _is_saved_dataset(path: Path) -> bool:
-    return path.is_dir() and (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
-
-
-def find_data_files(paths: Sequence[str | Path], format: str = "auto") -> list[tuple[Path, str]]:
-    """``(file, format)`` for every input: files as given, directories searched recursively (sorted)."""
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    found: list[tuple[Path, str]] = []
-    for raw in paths:
-        path = Path(raw)
-        if not path.exists():
-            raise DataUsageError(f"data path {path} does not exist")
-        if _is_saved_dataset(path):
-            found.append((path, "disk"))
-        elif path.is_dir():
-            saved = sorted(p.parent for p in path.rglob("state.json") if _is_saved_dataset(p.parent))
-            files = [(p, _format_of(p)) for p in sorted(path.rglob("*")) if p.is_file()]
-            # Files inside a save_to_disk folder are that dataset's metadata, not data files.
-            files = [
-                (p, format if format != "auto" else f)
-                for p, f in files
-                if f is not None and not any(d in p.parents for d in saved)
-            ]
-            files += [(d, "disk") for d in saved]
-            if not files:
-                raise DataError(
-                    f"no data files (*.tsv, *.csv, *.jsonl, *.json, *.parquet, optionally .gz) under {path}"
-                )
-            found.extend(files)
-        else:
-            fmt = format if format != "auto" else _format_of(path)
-            if fmt is None:
-                raise DataUsageError(
-                    f"cannot tell the format of {path} from its suffix; set format: {FORMATS}"
-                )
-            found.append((path, fmt))
-    if not found:
-        raise DataUsageError("no data paths given")
-    return found
-
-
-def _read_file(path: Path, fmt: str, cache_dir: str | None = None):
-    """The file as a ``datasets.Dataset``; unreadable or empty files are a ``DataError`` naming the file."""
-    if path.is_file() and path.stat().st_size == 0:
-        raise DataError(f"{path} is empty (no rows)")
-    try:
-        return _load(path, fmt, cache_dir)
-    except DataError:
-        raise
-    except Exception as err:  # parsers raise many types; the user needs the file and the reason
-        raise DataError(f"cannot read {path} as {fmt}: {type(err).__name__}: {err}") from err
-
-
-def _load(path: Path, fmt: str, cache_dir: str | None):
-    import datasets
-
-    if fmt == "disk":
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            raise DataError(
-                f"{path} holds several splits {sorted(loaded)}; pass one split's folder, e.g. "
-                f"{path / next(iter(loaded))}"
-            )
-        return loaded
-    if fmt in ("tsv", "csv"):
-        # na_filter=False: a text that reads "NA" or "null" is text, not a missing value.
-        return datasets.load_dataset(
-            "csv",
-            data_files=str(path),
-            split="train",
-            sep="\t" if fmt == "tsv" else ",",
-            keep_default_na=False,
-            na_filter=False,
-            cache_dir=cache_dir,
-        )
-    return datasets.load_dataset(fmt, data_files=str(path), split="train", cache_dir=cache_dir)
-
-
-def _language_from_path(path: Path) -> str:
-    """``en``/``es`` from the nearest folder (or the file's stem) named after a language, else ``""``."""
-    stem = path.name.split(".")[0].lower()
-    for part in [stem, *(p.name.lower() for p in path.parents)]:
-        if part in ("en", "es"):
-            return part
-    return ""
-
-
-def _label_map(ds, column: str, where: Path) -> dict[Any, int]:
+def _label_map(ds, column: str, where: str) -> dict[Any, int]:
     """Map every distinct label value to 1/0/-1; unknown values are an error listing what was found."""
     import datasets
 
@@ -220,7 +120,7 @@ def _text_id(text: str) -> str:
     return "text:" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
-def _normalize(ds, path: Path):
+def _normalize(ds, path: str):
     """One source file → the common schema (see module docstring)."""
     import datasets
     from datasets.fingerprint import Hasher
@@ -236,7 +136,7 @@ def _normalize(ds, path: Path):
     label_column = next((c for c in ("label", "labels") if c in columns), None)
     labels = _label_map(ds, label_column, path) if label_column else {}
     language_column = next((c for c in _LANGUAGE_COLUMNS if c in columns), None)
-    folder_language = _language_from_path(path)
+    folder_language = language_from_path(path)
 
     def convert(batch: dict[str, list]) -> dict[str, list]:
         n = len(batch["text"])
@@ -273,7 +173,7 @@ def _normalize(ds, path: Path):
         remove_columns=columns,
         features=features,
         new_fingerprint=fingerprint,
-        desc=f"normalising {path.name}",
+        desc=f"normalising {path.rstrip('/').rsplit('/', 1)[-1]}",
     )
     return out.select_columns(list(COLUMNS))
 
@@ -295,7 +195,7 @@ def load_examples(
     if format not in FORMATS:
         raise DataUsageError(f"data format {format!r} is not one of {FORMATS}")
     files = find_data_files(paths, format)
-    parts = [_normalize(_read_file(path, fmt, cache_dir), path) for path, fmt in files]
+    parts = [_normalize(read_source(path, fmt, cache_dir), path) for path, fmt in files]
     ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     if languages:
         ds = select_languages(ds, languages)
@@ -332,6 +232,42 @@ def summarize(ds) -> dict[str, dict[str, int]]:
         counts = {"human": (rows == 0).sum(), "generated": (rows == 1).sum(), "unlabelled": (rows < 0).sum()}
         out[lang or "unknown"] = {k: int(v) for k, v in counts.items()}
     return out
+
+
+def warn_about_rows(ds, what: str) -> dict[str, int]:
+    """Log a warning with the counts when rows cannot teach the bot head well; returns the counts.
+
+    Training still runs (a language-only run is legitimate), but never silently: one class only,
+    rows without a human/generated label, and empty texts are each counted and named.
+    """
+    bot = np.asarray(column_values(ds, "bot"))
+    texts = column_values(ds, "text")
+    counts = {
+        "rows": int(bot.size),
+        "human": int((bot == 0).sum()),
+        "generated": int((bot == 1).sum()),
+        "unlabelled": int((bot < 0).sum()),
+        "empty_text": sum(1 for t in texts if not t.strip()),
+    }
+    n = max(counts["rows"], 1)
+    labelled = counts["human"] + counts["generated"]
+    if labelled and not (counts["human"] and counts["generated"]):
+        only = "human" if counts["human"] else "generated"
+        log.warning(
+            "%s data: all %d labelled rows are %s; the bot head cannot learn to tell the classes apart "
+            "and no threshold is tuned on it", what, labelled, only,
+        )
+    if counts["unlabelled"]:
+        log.warning(
+            "%s data: %d of %d rows (%.0f%%) have no human/generated label; they train the language "
+            "head only", what, counts["unlabelled"], counts["rows"], 100 * counts["unlabelled"] / n,
+        )
+    if counts["empty_text"]:
+        log.warning(
+            "%s data: %d of %d rows (%.0f%%) have an empty text", what, counts["empty_text"], counts["rows"],
+            100 * counts["empty_text"] / n,
+        )
+    return counts
 
 
 def column_values(ds, name: str) -> list:
@@ -418,10 +354,15 @@ def build_datasets(cfg: DataConfig, tokenizer):
     full = tokenize_dataset(examples, tokenizer, cfg.max_length)
     if cfg.val_paths:
         val = load_examples(cfg.val_paths, cfg.format, languages=cfg.languages, cache_dir=cache_dir)
+        warn_about_rows(full, "training")
+        warn_about_rows(val, "validation")
         return full, tokenize_dataset(val, tokenizer, cfg.max_length)
     train, val = split_by_id(full, cfg.val_fraction, cfg.split_salt)
     if len(train) == 0:
         raise DataError(f"val_fraction {cfg.val_fraction} left no training rows")
+    warn_about_rows(train, "training")
+    if len(val):
+        warn_about_rows(val, "validation")
     return train, val
 
 
@@ -592,4 +533,5 @@ __all__ = [
     "split_by_id",
     "summarize",
     "tokenize_dataset",
+    "warn_about_rows",
 ]
