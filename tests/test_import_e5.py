@@ -240,9 +240,9 @@ def test_damaged_files_fail_with_one_line(synthetic, tmp_path, capsys, damage):
     bad.write_bytes(bytes(data))
     with pytest.raises(E5FormatError):
         read_e5_bin(bad)
-    assert import_e5.main(["--bin", str(bad), "--out", str(tmp_path / "o"), "--no-validate"]) == 2
+    assert import_e5.main(["--bin", str(bad), "--out", str(tmp_path / "o"), "--no-validate"]) == 1  # bad data
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "\n" not in err and "bad.bin" in err
+    assert err.startswith("import_e5: error:") and "\n" not in err and "bad.bin" in err
 
 
 def test_layers_flag_keeps_the_first_layers(synthetic, tmp_path):

@@ -116,4 +116,4 @@ def test_cli_bad_inputs_exit_2_with_one_line(full_dir, tmp_path, capsys):
         == 2
     )
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 2 and all(e.startswith("error:") for e in errors)
+    assert len(errors) == 2 and all(e.startswith("prune_vocab: error:") for e in errors)

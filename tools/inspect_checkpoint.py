@@ -5,7 +5,8 @@
 For every tensor: name, shape, dtype, then the reference-layout key and the nnx parameter path it
 maps to (``(ignored)`` for known extras, ``UNMAPPED`` otherwise), followed by what the shapes
 reveal about the encoder. No tensor data is read, so a 1.1 GB file is inspected at once.
-Exit status: 0 every tensor maps, 1 some do not (or the layout is ambiguous), 2 unreadable input.
+Exit status (the project's scheme): 0 every tensor maps; 1 some do not, the layout is ambiguous, or the
+file is not a readable safetensors file; 2 a missing path or bad flags.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import struct
 import sys
 from pathlib import Path
 
-from autext_jax.config import EncoderConfig, ModelConfig
+from autext_jax import cli
+from autext_jax.config import EncoderConfig, ModelConfig, read_json_object
 from autext_jax.convert import (
     SAFETENSORS_INDEX_NAME,
     SAFETENSORS_NAME,
@@ -26,6 +28,7 @@ from autext_jax.convert import (
     shape_facts,
     tensor_rules,
 )
+from autext_jax.errors import UsageError
 
 _MAX_HEADER = 100 * 2**20
 
@@ -43,9 +46,20 @@ def read_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
             header = json.loads(handle.read(size))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ConversionError(f"{path} is not a safetensors file (its header is not JSON)") from None
-    return {
-        name: (tuple(info["shape"]), info["dtype"]) for name, info in header.items() if name != "__metadata__"
-    }
+    if not isinstance(header, dict):
+        raise ConversionError(f"{path} is not a safetensors file (its header is not a JSON object)")
+    return {name: _entry(path, name, info) for name, info in header.items() if name != "__metadata__"}
+
+
+def _entry(path: Path, name: str, info) -> tuple[tuple[int, ...], str]:
+    """One header entry's ``(shape, dtype)``; a damaged entry is one line naming the tensor."""
+    missing = [k for k in ("shape", "dtype") if not isinstance(info, dict) or k not in info]
+    if missing:
+        raise ConversionError(f"{path}: header entry for tensor {name!r} has no {' or '.join(missing)}")
+    shape, dtype = info["shape"], info["dtype"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ConversionError(f"{path}: tensor {name!r} has a malformed shape {shape!r} in the header")
+    return tuple(shape), str(dtype)
 
 
 def checkpoint_files(target: Path) -> list[Path]:
@@ -54,8 +68,12 @@ def checkpoint_files(target: Path) -> list[Path]:
     if (target / SAFETENSORS_NAME).is_file():
         return [target / SAFETENSORS_NAME]
     if (target / SAFETENSORS_INDEX_NAME).is_file():
-        weight_map = json.loads((target / SAFETENSORS_INDEX_NAME).read_text())["weight_map"]
-        return [target / name for name in sorted(set(weight_map.values()))]
+        index = read_json_object(target / SAFETENSORS_INDEX_NAME)
+        if not isinstance(index.get("weight_map"), dict):
+            raise ConversionError(f"{target / SAFETENSORS_INDEX_NAME} has no 'weight_map' object")
+        return [target / name for name in sorted(set(index["weight_map"].values()))]
+    if not target.exists():
+        raise UsageError(f"{target} does not exist; pass a model directory or a .safetensors file")
     raise ConversionError(f"no {SAFETENSORS_NAME} in {target}; pass a model directory or a .safetensors file")
 
 
@@ -115,12 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="model directory or .safetensors file")
     parser.add_argument("--key-map", help="JSON file of HF key -> reference key overrides")
-    args = parser.parse_args(argv)
-    try:
-        lines, ok = describe(args.checkpoint, args.key_map)
-    except (ConversionError, OSError, ValueError, KeyError) as err:
-        print(f"inspect_checkpoint: {err}", file=sys.stderr)
-        return 2
+    cli.add_debug_flag(parser)
+    return cli.main("inspect_checkpoint", parser, _main, argv)
+
+
+def _main(args: argparse.Namespace) -> int:
+    lines, ok = describe(args.checkpoint, args.key_map)
     print("\n".join(lines))
     return 0 if ok else 1
 

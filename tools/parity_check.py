@@ -25,6 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from autext_jax import cli  # noqa: E402
+from autext_jax.errors import InputDataError, UsageError  # noqa: E402
+
 SAMPLES = {
     "en": "The committee will publish its final report next week, after reviewing all the comments.",
     "es": "El comité publicará su informe final la próxima semana, tras revisar todos los comentarios.",
@@ -35,8 +41,8 @@ _STALE_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 LONG_TEXT = " ".join([SAMPLES["en"], SAMPLES["es"]] * 60)
 
 
-class ParityError(Exception):
-    """Bad input for the parity check (exit status 2)."""
+class ParityError(UsageError):
+    """Bad input for the parity check: missing original files or flags (exit status 2)."""
 
 
 def import_original(model_dir: Path) -> tuple[type, type | None]:
@@ -206,31 +212,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key-map", help="JSON file of HF key -> reference key overrides")
     parser.add_argument("--allow-pickle", action="store_true", help="accept a pickled pytorch_model.bin")
     parser.add_argument("--max-length", type=int, default=512)
-    args = parser.parse_args(argv)
+    cli.add_debug_flag(parser)
+    return cli.main("parity_check", parser, _main, argv)
 
-    from autext_jax.config import ConfigError
-    from autext_jax.convert import ConversionError
-    from autext_jax.hub import ModelNotFoundError, resolve_model_dir
 
+def _main(args: argparse.Namespace) -> int:
+    from autext_jax.hub import resolve_model_dir
+
+    model_dir = resolve_model_dir(args.model, allow_code=True, allow_pickle=args.allow_pickle)
+    for needed in ("config.json", "model.py"):
+        if not (model_dir / needed).is_file():
+            raise ParityError(f"no {needed} in {model_dir}; parity needs the original files incl. model.py")
     try:
-        model_dir = resolve_model_dir(args.model, allow_code=True, allow_pickle=args.allow_pickle)
-        for needed in ("config.json", "model.py"):
-            if not (model_dir / needed).is_file():
-                raise ParityError(
-                    f"no {needed} in {model_dir}; parity needs the original files incl. model.py"
-                )
         report = compare(
             model_dir, key_map=args.key_map, allow_pickle=args.allow_pickle, max_length=args.max_length
         )
-    except (ParityError, ConversionError, ConfigError, ModelNotFoundError) as err:
-        print(f"parity_check: {err}", file=sys.stderr)
-        return 2
     except RuntimeError as err:  # torch's strict load_state_dict failure
-        print(
-            f"parity_check: the original model rejected the weights: {' '.join(str(err).split())[:600]}",
-            file=sys.stderr,
-        )
-        return 2
+        detail = " ".join(str(err).split())[:600]
+        raise InputDataError(f"the original model rejected the weights: {detail}") from None
     worst = 0.0
     for name, row in report.items():
         worst = max(worst, row["bot_prob"], row["english_prob"])

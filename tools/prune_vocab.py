@@ -30,15 +30,17 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools._spm_tokenizer import TokenizerBuildError, build_xlmr_tokenizer  # noqa: E402
+from autext_jax import cli  # noqa: E402
+from autext_jax.errors import UsageError  # noqa: E402
+from tools._spm_tokenizer import build_xlmr_tokenizer  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "autextification"
 WORD_KEY = "embeddings.word_embeddings.weight"
 SPECIAL_PIECES = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
 
 
-class PruneError(ValueError):
-    """Bad input for pruning; reported as one line, exit code 2."""
+class PruneError(UsageError, ValueError):
+    """Bad input for pruning (a directory without the expected files, a bad flag): one line, exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -102,12 +104,9 @@ def select_pieces(
 
 def load_texts(paths: Sequence[Path]) -> list[str]:
     """The training texts, read by the same loader training uses."""
-    from autext_jax.data import DataError, load_examples
+    from autext_jax.data import load_examples
 
-    try:
-        return list(load_examples([str(p) for p in paths])["text"])
-    except DataError as err:
-        raise PruneError(str(err)) from None
+    return list(load_examples([str(p) for p in paths])["text"])
 
 
 def _load_state(model_dir: Path) -> dict[str, np.ndarray]:
@@ -217,30 +216,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check-texts", type=int, default=4, help="texts for the hidden-state check (0: skip)"
     )
-    args = parser.parse_args(argv)
+    cli.add_debug_flag(parser)
+    return cli.main("prune_vocab", parser, _main, argv)
 
+
+def _main(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     started = time.perf_counter()
-    try:
-        if args.keep < 1:
-            raise PruneError(f"--keep must be positive, got {args.keep}")
-        pieces = read_unigram_pieces(args.model)
-        full_tok = AutoTokenizer.from_pretrained(str(args.model))
-        texts = load_texts(args.data)
-        counts = count_pieces(full_tok, texts, len(pieces))
-        print(
-            f"{len(texts)} texts, {counts.sum()} tokens, {int((counts > 0).sum())} distinct pieces "
-            f"({time.perf_counter() - started:.1f}s)"
-        )
-        for k in sorted(set(args.report)):
-            s = select_pieces(pieces, counts, k, all_chars=args.all_chars)
-            print(f"  K={k:>6}: vocab {s.kept.size:>6}, coverage {100 * s.coverage:.3f}%")
-        sel = select_pieces(pieces, counts, args.keep, all_chars=args.all_chars)
-        write_pruned(args.model, args.out, pieces, sel)
-    except (PruneError, TokenizerBuildError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.keep < 1:
+        raise PruneError(f"--keep must be positive, got {args.keep}")
+    pieces = read_unigram_pieces(args.model)
+    full_tok = AutoTokenizer.from_pretrained(str(args.model))
+    texts = load_texts(args.data)
+    counts = count_pieces(full_tok, texts, len(pieces))
+    print(
+        f"{len(texts)} texts, {counts.sum()} tokens, {int((counts > 0).sum())} distinct pieces "
+        f"({time.perf_counter() - started:.1f}s)"
+    )
+    for k in sorted(set(args.report)):
+        s = select_pieces(pieces, counts, k, all_chars=args.all_chars)
+        print(f"  K={k:>6}: vocab {s.kept.size:>6}, coverage {100 * s.coverage:.3f}%")
+    sel = select_pieces(pieces, counts, args.keep, all_chars=args.all_chars)
+    write_pruned(args.model, args.out, pieces, sel)
     print(
         f"kept {sel.kept.size} pieces (specials + {sel.n_frequent} frequent + {sel.n_chars} single "
         f"characters + {sel.n_unspellable} unspellable); coverage {100 * sel.coverage:.3f}% "
