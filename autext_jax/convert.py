@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from autext_jax.config import EncoderConfig, ModelConfig, read_json_object
-from autext_jax.errors import InputDataError
+from autext_jax.errors import EXIT_USAGE, InputDataError
 from autext_jax.model import MultiTaskModel, abstract_model, create_model
 
 SAFETENSORS_NAME = "model.safetensors"
@@ -56,6 +56,12 @@ _POOLER_REF = "transformer.pooler."
 
 class ConversionError(InputDataError):
     """A checkpoint that cannot be converted; the message says which keys or files and what to do."""
+
+
+class MissingModelError(ConversionError):
+    """The model directory is not there at all: a wrong path, so a usage error (exit 2)."""
+
+    exit_code = EXIT_USAGE
 
 
 # ---- the table ---------------------------------------------------------------------------------
@@ -502,7 +508,7 @@ def load_checkpoint(
     model_dir = Path(model_dir)
     dtype = None if dtype is None else jnp.dtype(dtype)
     if not model_dir.is_dir():
-        raise ConversionError(
+        raise MissingModelError(
             f"model directory {model_dir} does not exist; pass a directory in the HF layout"
         )
     source = _TensorSource(model_dir, allow_pickle)

@@ -246,3 +246,20 @@ def test_threshold_tuning_on_one_class_is_refused():
     report = ev.evaluate_predictions(np.zeros(20, int), probs, threshold=0.5, n_bootstrap=0)
     overall = report["overall"]
     assert overall["best_threshold_here"] is None and overall["false_positive_rate"] == 0.5
+
+
+def test_cli_on_nan_predictions_is_an_error_naming_how_many(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    from autext_jax.api import Detector
+
+    rows = ["id\ttext\tlabel", "1\tthe cat\thuman", "2\tel gato\tgenerated", "3\tla\thuman"]
+    (tmp_path / "d.tsv").write_text("\n".join(rows) + "\n")
+
+    def nan_logits(self, texts):
+        return {"bot": np.array([0.1, np.nan, np.nan], np.float32), "english": np.zeros(3, np.float32)}
+
+    monkeypatch.setattr(Detector, "logits", nan_logits)
+    argv = ["--model", str(tiny_model_dir), "--data", str(tmp_path / "d.tsv"), "--output-dir", str(tmp_path)]
+    assert ev.main(argv) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # (after the datasets progress bars)
+    assert last.startswith("python -m autext_jax.evaluate: error: 2 of 3 scores are not finite")
+    assert not (tmp_path / "report.json").exists()

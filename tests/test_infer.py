@@ -249,3 +249,32 @@ def test_skip_keeps_the_id_of_a_bad_record_and_odd_json_is_refused(tmp_path, cap
     bad.write_text("[" * 200_000 + "]" * 200_000 + "\n")
     code, lines, err = run_cli(capsys, "--model", tiny_model_dir, "-i", bad, "-q")
     assert code == 1 and f"{bad}:1" in err and err.strip().count("\n") == 0
+
+
+def _model_copy(tiny_model_dir: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(tiny_model_dir, target)
+    return target
+
+
+def test_broken_model_is_one_line_exit_1_and_no_records(tmp_path, capsys, tiny_model_dir):
+    from safetensors.numpy import load_file, save_file
+
+    nan_dir = _model_copy(tiny_model_dir, tmp_path / "nan")
+    state = load_file(str(nan_dir / "model.safetensors"))
+    state["transformer.encoder.layer.0.output.dense.weight"][:] = np.nan
+    save_file(state, str(nan_dir / "model.safetensors"))
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    string_dir = _model_copy(tiny_model_dir, tmp_path / "string")
+    (string_dir / "config.json").write_text(json.dumps({**config, "threshold": "0.5"}))
+    list_dir = _model_copy(tiny_model_dir, tmp_path / "list")
+    (list_dir / "config.json").write_text(json.dumps([config]))
+    for model, message in ((nan_dir, "NaN or infinite"), (string_dir, "threshold must be a number"),
+                           (list_dir, "must hold a JSON object, not a list")):
+        code, lines, err = run_cli(capsys, "--model", model, "hello", "-q")
+        assert code == 1 and lines == [] and message in err, err
+        assert err.strip().count("\n") == 0 and "Traceback" not in err
+    with pytest.raises(SystemExit) as caught:  # an out-of-range --threshold is a usage error
+        infer.main(["--threshold", "1.5", "hello"])
+    assert caught.value.code == 2 and "outside [0, 1]" in capsys.readouterr().err

@@ -241,5 +241,5 @@ def test_export_tool_float16_halves_the_file_and_keeps_scores(tmp_path, tiny_mod
                              "--tolerance", "0"]) == 1
     assert export_tool.main([str(tiny_model_dir), str(tiny_model_dir)]) == 2
     assert "error: OUT must differ from SRC" in capsys.readouterr().err
-    assert export_tool.main([str(tmp_path / "nowhere"), str(tmp_path / "o")]) == 1  # bad input: no model
+    assert export_tool.main([str(tmp_path / "nowhere"), str(tmp_path / "o")]) == 2  # a wrong path: usage
     assert "does not exist" in capsys.readouterr().err
