@@ -2,10 +2,11 @@
 
 Inputs: positional texts, ``--input`` files (``.txt`` one text per line, ``.jsonl`` field ``text``,
 ``.csv``/``.tsv`` column ``text``; ``id`` kept when present; any of them ``.gz``), ``-`` or nothing
-for stdin lines. Records come out in input order and are flushed as produced.
+for stdin lines; all read by ``tables.py``. Records come out in input order, each written whole.
 
-Exit codes: 0 done; 1 bad input or model (one line naming file and line); 2 usage / missing path;
-130 interrupted (every record written so far is complete).
+Exit codes (``errors.py``): 0 done; 1 bad input or model (one line naming file and line), or a full
+disk; 2 usage, a missing path, or an output that is one of the inputs; 130 interrupted (every record
+written so far is complete).
 """
 
 from __future__ import annotations
