@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from autext_jax import cli, tables
+from autext_jax import cli, paths, tables
 from autext_jax.config import COMPUTE_DTYPES
 from autext_jax.errors import InputDataError as InputError
 from autext_jax.errors import UsageError
@@ -105,6 +105,10 @@ def check_paths(inputs: list[str], output: str | None) -> None:
     """Refuse what cannot work before anything is opened: missing inputs, an output that is an input."""
     for path in inputs:
         if path == "-":
+            continue
+        if paths.is_url(path):  # gs://, memory://, ...: read through the path layer
+            if not paths.isfile(path):
+                raise UsageError(f"input {path}: no such file")
             continue
         if not os.path.exists(path):
             raise UsageError(f"input {path}: no such file")

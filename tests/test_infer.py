@@ -278,3 +278,18 @@ def test_broken_model_is_one_line_exit_1_and_no_records(tmp_path, capsys, tiny_m
     with pytest.raises(SystemExit) as caught:  # an out-of-range --threshold is a usage error
         infer.main(["--threshold", "1.5", "hello"])
     assert caught.value.code == 2 and "outside [0, 1]" in capsys.readouterr().err
+
+
+def test_inputs_may_be_urls(capsys, tiny_model_dir):
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/autext-infer-test/in.tsv", b"id\ttext\nu1\thello\n")
+    try:
+        source = "memory://autext-infer-test/in.tsv"
+        code, lines, err = run_cli(capsys, "--model", tiny_model_dir, "-i", source, "-q")
+        assert code == 0 and [r["id"] for r in records(lines)] == ["u1"], err
+        code, _, err = run_cli(capsys, "--model", tiny_model_dir, "-i", "memory://autext-infer-test/none.tsv")
+        assert code == 2 and "no such file" in err
+    finally:
+        memory.rm("/autext-infer-test", recursive=True)
