@@ -145,12 +145,14 @@ def _tsv(path: str, lines, required: Sequence[str]) -> Iterator[Record]:
     header = _chomp(line).split("\t")
     _check_header(path, header, required, problem)
     for where, line, problem in lines:
-        fields = _chomp(line).split("\t")
+        text = _chomp(line)
+        fields = text.split("\t")
         if problem:
             yield Record(where, None, problem)
+        elif not text:
+            continue  # a blank line holds no row
         elif len(fields) != len(header):
-            if fields != [""]:  # a blank line holds no row
-                yield Record(where, None, f"{where}: {len(fields)} fields, the header has {len(header)}")
+            yield Record(where, None, f"{where}: {len(fields)} fields, the header has {len(header)}")
         else:
             yield Record(where, dict(zip(header, fields, strict=True)))
 
