@@ -302,7 +302,7 @@ def _run(prepared: _Prepared, workdir: Path, checkpointer: Checkpointer) -> dict
     final = run_eval(step)
     threshold = final.get("best_threshold")
     if threshold is None:
-        log.warning("no labelled validation rows: keeping the configured threshold %s", model_cfg.threshold)
+        log.warning("no threshold tuned (validation lacks one class): keeping %s", model_cfg.threshold)
         threshold = model_cfg.threshold
     exported = export_model(
         steps.layout,
