@@ -40,8 +40,11 @@ class Detector:
         stride: int = 128,
         **engine_options: Any,
     ):
+        from autext_jax.convert import check_tokenizer
+
         if threshold is not None:
             check_threshold(threshold)
+        check_tokenizer(tokenizer, config, model_dir or "the given tokenizer")
         self.config = config
         self.model = model
         self.tokenizer = tokenizer
@@ -105,14 +108,13 @@ def load(
     ``hub.ModelNotFoundError``, ``convert.ConversionError`` or ``config.ConfigError`` with a message
     saying what to do.
     """
-    from autext_jax.convert import check_tokenizer, load_checkpoint
+    from autext_jax.convert import load_checkpoint
     from autext_jax.hub import resolve_model_dir
 
     check_dtype(dtype)
     model_dir = resolve_model_dir(model)
     checkpoint = load_checkpoint(model_dir, key_map=key_map, allow_pickle=allow_pickle, dtype=DTYPES[dtype])
     tokenizer = load_tokenizer(model_dir)
-    check_tokenizer(tokenizer, checkpoint.config, model_dir)
     return Detector(
         checkpoint.config,
         checkpoint.model,

@@ -447,7 +447,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     if args.save_predictions:
         final = scores_from_logits(logits["bot"], logits["english"], report["threshold"])
         with open(out_dir / "predictions.jsonl", "w") as f:
@@ -460,7 +460,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "english_prob": float(final["english_prob"][i]),
                     "is_bot": bool(final["is_bot"][i]),
                 }
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(record, allow_nan=False) + "\n")
     if not args.no_plots:
         labelled = bot_labels >= 0
         write_plots(
