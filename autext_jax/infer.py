@@ -173,6 +173,8 @@ class RecordWriter:
         try:
             while data:
                 data = data[self.stream.write(data) or 0 :]
+        except BrokenPipeError:  # the reader went away (e.g. `| head`): the CLI runner stops quietly
+            raise
         except OSError as err:
             if self.stream.seekable():
                 with contextlib.suppress(OSError):  # not a regular file (e.g. /dev/full)
@@ -187,7 +189,8 @@ def _open_output(path: str | None) -> IO[str] | IO[bytes]:
     """The unbuffered binary stream records go to (``sys.stdout`` as is when it has no file)."""
     if path:
         return open(path, "wb", buffering=0)
-    raw = getattr(getattr(sys.stdout, "buffer", None), "raw", None)
+    buffer = getattr(sys.stdout, "buffer", None)  # already unbuffered under PYTHONUNBUFFERED
+    raw = buffer if isinstance(buffer, io.RawIOBase) else getattr(buffer, "raw", None)
     if raw is None:
         return sys.stdout
     sys.stdout.flush()

@@ -186,6 +186,11 @@ def test_disk_full_is_one_line_exit_1(capsys, tiny_model_dir):
     code, lines, err = run_cli(capsys, "--model", tiny_model_dir, "a", "b", "-o", "/dev/full", "-q")
     assert code == 1 and "/dev/full" in err and "No space left" in err
     assert err.strip().count("\n") == 0 and "Traceback" not in err
+    env = {k: v for k, v in _env().items() if k != "PYTHONUNBUFFERED"}  # stdout buffered, as usually
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "autext_jax.infer", "--model", str(tiny_model_dir), "a"],
+                              stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+    assert done.returncode == 1 and done.stderr.strip().endswith("No space left on device (nothing written)")
 
 
 def test_full_disk_leaves_only_complete_lines(tmp_path):
