@@ -403,8 +403,11 @@ def test_non_finite_weights_are_refused(tmp_path, tiny_model_dir, reference_stat
     key = "bot_head.2.weight"
     broken[key] = broken[key].copy()
     broken[key][0, 0] = np.nan
+    other = "transformer.embeddings.LayerNorm.bias"
+    broken[other] = broken[other].copy()
+    broken[other][-1] = -np.inf
     directory = _write(tmp_path / "nan", broken, _published_config(tiny_model_dir))
-    message = r"1 tensors .* hold NaN or infinite values, e\.g\. bot_head\.2\.weight"
+    message = r"2 tensors .* hold NaN or infinite values, e\.g\. bot_head\.2\.weight, transformer\.embeddings"
     with pytest.raises(ConversionError, match=message):
         load_checkpoint(directory)
 
