@@ -1,10 +1,15 @@
-"""Device mesh, the one logical-axis rules table, and multi-host helpers.
+"""Device mesh, the one logical-axis rules table, batch-size checks, and multi-host helpers.
 
 Parameters carry ``logical_axes`` metadata (see ``model.py``). ``LOGICAL_AXIS_RULES`` maps each
 logical name to mesh axes of a ``Mesh`` with axes ``('data', 'fsdp', 'tensor')``; everything that
 places arrays (parameters, optimizer state, batches) derives its ``NamedSharding`` from here, so
 one table decides the whole layout. A dimension that a mesh axis does not divide evenly is
 replicated instead (e.g. a 250,002-row vocabulary on 4 tensor shards).
+
+The device order comes from the hardware: inside a host, ``mesh_utils.create_device_mesh`` follows
+the TPU's ICI torus; several hosts (a pod slice, or slices joined over DCN) are combined with
+``create_hybrid_device_mesh`` one host per block, so that each host's rows of a global batch are one
+contiguous block of the batch dimension — what ``BatchStream`` hands each process.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from autext_jax.errors import AutextError
@@ -73,13 +80,85 @@ class MeshConfig:
         return sizes[0], sizes[1], sizes[2]
 
 
-def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
     """A ``('data', 'fsdp', 'tensor')`` mesh over ``devices`` (default: every device of every process)."""
     devices = list(jax.devices() if devices is None else devices)
-    shape = cfg.resolve(len(devices))
-    # Order devices by process so each host's batch rows live on its own devices.
-    devices.sort(key=lambda d: (d.process_index, d.id))
-    return Mesh(np.array(devices, dtype=object).reshape(shape), MESH_AXES)
+    return Mesh(device_grid(cfg.resolve(len(devices)), devices), MESH_AXES)
+
+
+def device_grid(shape: tuple[int, int, int], devices: Sequence[Any]) -> np.ndarray:
+    """``devices`` arranged as a ``shape`` array: ICI-aware inside a host, one block per host across hosts."""
+    by_process: dict[int, list[Any]] = {}
+    for device in devices:
+        by_process.setdefault(device.process_index, []).append(device)
+    counts = {len(group) for group in by_process.values()}
+    if len(counts) != 1:
+        raise MeshError(f"processes hold different numbers of devices ({sorted(counts)}); no mesh fits")
+    if len(by_process) == 1:
+        return _host_grid(shape, devices)
+    inner, outer = _split_over_hosts(shape, counts.pop(), len(by_process))
+    grid = mesh_utils.create_hybrid_device_mesh(
+        inner, outer, devices, process_is_granule=True, allow_split_physical_axes=True
+    )
+    check_host_layout(grid)
+    return grid
+
+
+def _host_grid(shape: tuple[int, int, int], devices: Sequence[Any]) -> np.ndarray:
+    if devices[0].platform == "tpu":
+        try:
+            return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        except (ValueError, NotImplementedError) as err:
+            log.warning("no ICI-aware layout for mesh %s (%s); using device id order", shape, err)
+    return np.array(sorted(devices, key=lambda d: d.id), dtype=object).reshape(shape)
+
+
+def _split_over_hosts(
+    shape: tuple[int, int, int], per_host: int, hosts: int
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """``(inner, outer)``, ``inner × outer == shape``: ``inner`` one host's devices, ``outer`` the hosts.
+
+    Tensor-parallel groups stay inside a host. Either a host holds whole fsdp groups (hosts split
+    ``data``) or an fsdp group is made of whole hosts (hosts split ``data`` and ``fsdp``); both keep
+    a host's batch rows contiguous.
+    """
+    data, fsdp, tensor = shape
+    if per_host % tensor:
+        raise MeshError(
+            f"mesh.tensor={tensor} does not divide the {per_host} devices of a host; tensor-parallel "
+            f"groups must stay inside a host (choose a divisor of {per_host})"
+        )
+    rows = per_host // tensor  # batch shards per host
+    if rows % fsdp == 0:
+        return (rows // fsdp, fsdp, tensor), (hosts, 1, 1)
+    if fsdp % rows == 0:
+        return (1, rows, tensor), (data, fsdp // rows, 1)
+    raise MeshError(
+        f"mesh.fsdp={fsdp} neither divides nor is a multiple of the {rows} batch shards of a host "
+        f"({per_host} devices / tensor {tensor}); choose a power of two"
+    )
+
+
+def check_host_layout(grid: np.ndarray) -> None:
+    """Each host's batch shards are one contiguous run, hosts in process order, and (multi-slice)
+    no fsdp×tensor group crosses a slice boundary: what ``BatchStream`` and DCN assume."""
+    data = grid.shape[0]
+    flat = grid.reshape(-1, grid.shape[-1])  # (batch shards, tensor)
+    owners = []
+    for position, replicas in enumerate(flat):
+        procs = {d.process_index for d in replicas}
+        if len(procs) != 1:
+            raise MeshError(f"batch shard {position} spans processes {sorted(procs)}; lower mesh.tensor")
+        owners.append(procs.pop())
+    if owners != sorted(owners):
+        raise MeshError(f"hosts' batch shards are not contiguous in process order: {owners}")
+    for row in grid.reshape(data, -1):
+        slices = {getattr(d, "slice_index", 0) for d in row}
+        if len(slices) > 1:
+            raise MeshError(
+                f"an fsdp×tensor group of {row.size} devices spans slices {sorted(slices)}: it would talk "
+                "over the slow data-center network; keep mesh.fsdp×mesh.tensor within one slice"
+            )
 
 
 def _rules() -> dict[str, tuple[str, ...]]:
@@ -133,16 +212,28 @@ def batch_shards(mesh: Mesh) -> int:
     return int(np.prod([mesh.shape[a] for a in _rules()["batch"]]))
 
 
+def global_batch_size(per_device: int, cfg: MeshConfig, num_devices: int) -> int:
+    """The global batch for ``per_device`` rows on each batch shard (each device when tensor is 1)."""
+    if per_device < 1:
+        raise MeshError(f"--batch-per-device must be >= 1, got {per_device}")
+    data, fsdp, _ = cfg.resolve(num_devices)
+    return per_device * data * fsdp
+
+
 def check_batch_size(global_batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
     """Fail early (one line) when the batch cannot be split evenly over devices and processes."""
     shards = batch_shards(mesh)
     if global_batch_size % shards:
+        hint = " or give it per device with --batch-per-device N" if what == "batch_size" else ""
+        suggest = -(-global_batch_size // shards) * shards  # the next multiple up
         raise MeshError(
-            f"{what}={global_batch_size} is not divisible by the {shards} batch shards (data×fsdp); "
-            f"choose a multiple of {shards}"
+            f"{what}={global_batch_size} does not split over the {shards} batch shards of mesh "
+            f"data×fsdp = {mesh.shape['data']}×{mesh.shape['fsdp']} ({mesh.size} devices): use a multiple "
+            f"of {shards}, e.g. --set {what}={suggest}{hint}"
         )
-    if global_batch_size % jax.process_count():
-        raise MeshError(f"{what}={global_batch_size} is not divisible by the {jax.process_count()} processes")
+    processes = len({d.process_index for d in mesh.devices.flat})
+    if global_batch_size % processes:
+        raise MeshError(f"{what}={global_batch_size} is not divisible by the {processes} processes")
 
 
 def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
@@ -158,7 +249,9 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
 
 @dataclass(frozen=True)
 class DistributedArgs:
-    """How to join a multi-process run. ``auto``: let JAX detect the cluster (TPU pods, SLURM, ...)."""
+    """How to join a multi-process run. ``auto`` (``--distributed auto``): ``jax.distributed.initialize()``
+    with no arguments, which finds the cluster itself on Cloud TPU VMs (every worker runs the same
+    command), SLURM and other supported launchers."""
 
     coordinator: str | None = None
     num_processes: int | None = None
@@ -172,7 +265,7 @@ class DistributedArgs:
         names = ("AUTEXT_COORDINATOR", "AUTEXT_NUM_PROCESSES", "AUTEXT_PROCESS_ID")
         present = [n for n in names if env.get(n)]
         if not present:
-            return cls(auto=env.get("AUTEXT_DISTRIBUTED", "") == "auto")
+            return cls()
         if len(present) != len(names):
             raise MeshError(f"set all of {names} for a multi-process run (found only {present})")
         try:
@@ -194,7 +287,15 @@ def initialize_distributed(args: DistributedArgs) -> bool:
         return False
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if args.auto:
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize()
+        except (ValueError, RuntimeError) as err:
+            reason = " ".join(str(err).split())[:200]
+            raise MeshError(
+                f"--distributed auto found no cluster to join ({reason}); it works on Cloud TPU VMs "
+                "(run it on every worker: --worker=all) and SLURM; elsewhere pass --coordinator HOST:PORT "
+                "--num-processes N --process-id I"
+            ) from None
     else:
         if args.num_processes is None or args.process_id is None:
             raise MeshError("a coordinator address needs num_processes and process_id too")

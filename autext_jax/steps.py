@@ -26,6 +26,7 @@ from autext_jax.model import MultiTaskModel
 
 # What a train/eval step reads from a batch (``BatchStream`` also yields ``weight``/``index``).
 BATCH_KEYS = ("input_ids", "attention_mask", "bot", "english", "bot_mask", "english_mask")
+TOKEN_KEYS = ("input_ids", "attention_mask")  # (rows, length) int32; the others are (rows,) float32
 
 Params = dict[str, jax.Array]
 _KEY_DATA = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
@@ -222,6 +223,17 @@ class TrainSteps:
             "opt_state": opt,
             "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=self.replicated),
             "rng": jax.ShapeDtypeStruct(_KEY_DATA.shape, _KEY_DATA.dtype, sharding=self.replicated),
+        }
+
+    def abstract_batch(self, rows: int, length: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """A global batch's shapes as ``BatchStream`` yields it: to lower the steps without data (``aot``)."""
+        return {
+            k: jax.ShapeDtypeStruct(
+                (rows, length) if k in TOKEN_KEYS else (rows,),
+                jnp.int32 if k in TOKEN_KEYS else jnp.float32,
+                sharding=self.batch_shardings[k],
+            )
+            for k in BATCH_KEYS
         }
 
     def global_batch(self, local: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:

@@ -36,7 +36,7 @@ from autext_jax.checkpointing import (
     write_config,
 )
 from autext_jax.config import ConfigError, ModelConfig
-from autext_jax.errors import TrainingDiverged
+from autext_jax.errors import TrainingDiverged, UsageError
 from autext_jax.optim import build_optimizer, current_lr
 from autext_jax.steps import ModelLayout, TrainSteps, describe_model, validation_metrics
 from autext_jax.train_config import TrainConfig, apply_overrides, load_config_file
@@ -356,9 +356,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="stop after N batches (sets max_steps)")
     p.add_argument("--checkpoint-every", type=int, help="save every N batches (sets checkpoint.every_steps)")
     p.add_argument("--init", help="model directory, Hub id, or encoder-only HF checkpoint to start from")
+    p.add_argument(
+        "--batch-per-device",
+        type=int,
+        metavar="N",
+        help="rows per device and step: sets batch_size to N × the mesh's data×fsdp devices",
+    )
+    p.add_argument(
+        "--distributed",
+        choices=["auto"],
+        help="auto: join the multi-host run the platform describes (jax.distributed.initialize() with no "
+        "arguments; Cloud TPU VMs with the same command on every worker, SLURM, ...)",
+    )
     p.add_argument("--coordinator", help="multi-process: coordinator host:port (or AUTEXT_COORDINATOR)")
     p.add_argument("--num-processes", type=int, help="multi-process: number of processes")
     p.add_argument("--process-id", type=int, help="multi-process: this process's index")
+    p.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="compile the train and eval steps, print HBM per chip and FLOPs, exit 1 if they do not fit; "
+        "no weights, data or workdir are touched (autext_jax/aot.py)",
+    )
+    p.add_argument(
+        "--topology",
+        help="with --compile-only: a TPU slice to compile for without having one, e.g. v5e:2x4, v5e-16, "
+        "v4-32, 2xv5e-16 (needs the tpu extra); default: the attached devices",
+    )
     cli.add_debug_flag(p)
     return p
 
@@ -382,12 +405,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     cli.setup_logging("train", timestamps=True)
-    if args.coordinator or args.num_processes is not None or args.process_id is not None:
+    if args.topology and not args.compile_only:
+        raise UsageError("--topology only goes with --compile-only (training runs on the attached devices)")
+    if args.compile_only:
+        from autext_jax import aot
+
+        print(json.dumps(aot.run(resolve_config(args), args.topology, args.batch_per_device)))
+        return 0
+    explicit = args.coordinator or args.num_processes is not None or args.process_id is not None
+    if args.distributed and explicit:
+        raise UsageError(
+            "--distributed auto finds the cluster itself: drop --coordinator/--num-processes/--process-id"
+        )
+    if args.distributed:
+        dist = shd.DistributedArgs(auto=True)
+    elif explicit:
         dist = shd.DistributedArgs(args.coordinator, args.num_processes, args.process_id)
     else:
         dist = shd.DistributedArgs.from_env()
     shd.initialize_distributed(dist)
-    result = run(resolve_config(args), args.workdir)
+    cfg = resolve_config(args)
+    if args.batch_per_device is not None:
+        total = shd.global_batch_size(args.batch_per_device, cfg.mesh, jax.device_count())
+        cfg = cfg.replace(batch_size=total)
+    result = run(cfg, args.workdir)
     if jax.process_index() == 0:
         print(json.dumps({k: v for k, v in result.items() if k != "validation"}))
     return 0

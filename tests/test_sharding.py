@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -75,9 +76,99 @@ def test_batch_helpers_on_one_device():
         shd.make_mesh(shd.MeshConfig(data=2), jax.devices()[:1])
 
 
+@dataclass(frozen=True)
+class _FakeDevice:
+    """What ``device_grid`` reads of a device; CPU-like, so mesh_utils keeps the given order per host."""
+
+    id: int
+    process_index: int
+    slice_index: int = 0
+    platform: str = "cpu"
+    device_kind: str = "cpu"
+
+
+def _pod(hosts: int, per_host: int, slices: int = 1) -> list[_FakeDevice]:
+    per_slice = hosts // slices
+    return [
+        _FakeDevice(h * per_host + i, h, slice_index=h // per_slice)
+        for h in range(hosts)
+        for i in range(per_host)
+    ]
+
+
+@pytest.mark.parametrize(
+    "shape", [(16, 1, 1), (8, 2, 1), (4, 4, 1), (2, 8, 1), (1, 16, 1), (8, 1, 2), (2, 4, 2), (4, 1, 4)]
+)
+def test_each_host_holds_one_contiguous_block_of_the_batch(shape):
+    # Devices listed out of process order, as a pod's jax.devices() may be.
+    devices = sorted(_pod(hosts=4, per_host=4), key=lambda d: (d.id % 4, d.process_index))
+    grid = shd.device_grid(shape, devices)
+    assert grid.shape == shape
+    assert sorted(d.id for d in grid.flat) == list(range(16))
+    owners = [{d.process_index for d in row} for row in grid.reshape(-1, shape[2])]
+    assert all(len(o) == 1 for o in owners)  # tensor groups never leave a host
+    per_host = len(owners) // 4
+    assert [o.pop() for o in owners] == [p for p in range(4) for _ in range(per_host)]
+
+
+def test_host_layouts_that_cannot_work_are_one_line_errors():
+    with pytest.raises(shd.MeshError, match="tensor-parallel groups must stay inside a host"):
+        shd.device_grid((2, 1, 8), _pod(hosts=4, per_host=4))
+    with pytest.raises(shd.MeshError, match="neither divides nor is a multiple"):
+        shd.device_grid((3, 4, 1), _pod(hosts=2, per_host=6))
+    with pytest.raises(shd.MeshError, match="different numbers of devices"):
+        shd.device_grid((5, 1, 1), _pod(hosts=2, per_host=2) + [_FakeDevice(9, 2)])
+    # Two slices of 8 devices: fsdp groups of 8 stay inside a slice, 16 would cross the DCN.
+    two_slices = _pod(hosts=4, per_host=4, slices=2)
+    grid = shd.device_grid((2, 8, 1), two_slices)
+    assert [{d.slice_index for d in row.flat} for row in grid] == [{0}, {1}]
+    with pytest.raises(shd.MeshError, match="spans slices"):
+        shd.device_grid((1, 16, 1), two_slices)
+
+
+def test_batch_per_device_and_the_one_line_batch_check():
+    assert shd.global_batch_size(4, shd.MeshConfig(), 8) == 32
+    assert shd.global_batch_size(4, shd.MeshConfig(data=-1, fsdp=2, tensor=2), 8) == 16
+    with pytest.raises(shd.MeshError, match="must be >= 1"):
+        shd.global_batch_size(0, shd.MeshConfig(), 8)
+
+
+_EIGHT_DEVICE_CHECKS = """
+import jax, pytest
+from autext_jax import sharding as shd
+assert jax.device_count() == 8
+mesh = shd.make_mesh(shd.MeshConfig(data=-1, fsdp=2, tensor=2))
+assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+assert sorted(d.id for d in mesh.devices.flat) == list(range(8))
+shd.check_batch_size(12, mesh)
+with pytest.raises(shd.MeshError) as err:
+    shd.check_batch_size(6, mesh)
+print(err.value)
+with pytest.raises(shd.MeshError) as err:
+    shd.check_batch_size(20, shd.make_mesh(shd.MeshConfig()), what="eval.batch_size")
+print(err.value)
+"""
+
+
+def test_mesh_and_batch_checks_on_8_devices():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-c", _EIGHT_DEVICE_CHECKS], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    batch, eval_batch = proc.stdout.strip().splitlines()
+    assert batch == (
+        "batch_size=6 does not split over the 4 batch shards of mesh data×fsdp = 2×2 (8 devices): use a "
+        "multiple of 4, e.g. --set batch_size=8 or give it per device with --batch-per-device N"
+    )
+    assert eval_batch.startswith("eval.batch_size=20 does not split over the 8 batch shards")
+    assert eval_batch.endswith("e.g. --set eval.batch_size=24")
+
+
 def test_distributed_args_from_env():
     assert not shd.DistributedArgs.from_env({}).enabled
-    assert shd.DistributedArgs.from_env({"AUTEXT_DISTRIBUTED": "auto"}).auto
+    # The undocumented AUTEXT_DISTRIBUTED=auto is gone: --distributed auto replaces it.
+    assert not shd.DistributedArgs.from_env({"AUTEXT_DISTRIBUTED": "auto"}).enabled
     args = shd.DistributedArgs.from_env(
         {"AUTEXT_COORDINATOR": "127.0.0.1:1234", "AUTEXT_NUM_PROCESSES": "2", "AUTEXT_PROCESS_ID": "1"}
     )
