@@ -112,6 +112,8 @@ def train_argv(args: argparse.Namespace) -> list[str]:
     extra = list(args.train_args)
     if extra[:1] == ["--"]:
         extra = extra[1:]
+    if "--dry-run" in extra:  # it would reach the train command while this tool runs gcloud for real
+        raise UsageError("--dry-run must come before --: what follows -- goes to autext_jax.train")
     return ["python3", "-m", TRAIN_MODULE, "--config", args.config, "--workdir", args.workdir,
             "--distributed", "auto", *extra]  # fmt: skip
 
