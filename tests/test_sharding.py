@@ -188,6 +188,38 @@ def test_distributed_args_from_env():
         shd.initialize_distributed(shd.DistributedArgs("127.0.0.1:1", 2, 5))
 
 
+def _train_cli(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "autext_jax.train",
+        "--config",
+        str(HERE.parent.parent / "configs" / "tiny.py"),
+    ]
+    cmd += ["--workdir", str(tmp_path / "w"), *extra]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(HERE.parent.parent))
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ["--distributed", "auto"],
+            "--distributed auto found no cluster to join (coordinator_address should",
+        ),
+        (["--distributed", "auto", "--coordinator", "h:1"], "--distributed auto finds the cluster itself"),
+        (["--topology", "v5e:2x2"], "--topology only goes with --compile-only"),
+    ],
+)
+def test_train_cli_multi_host_flags_fail_in_one_line(tmp_path, extra, message):
+    proc = _train_cli(tmp_path, *extra)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("python -m autext_jax.train: error: ") and message in lines[-1], lines
+    assert "Traceback" not in proc.stderr
+
+
 MESHES = {"one": (1, 1, 1), "data8": (8, 1, 1), "fsdp4_data2": (2, 4, 1), "tensor2_data4": (4, 1, 2)}
 
 
