@@ -85,6 +85,10 @@ class Topology:
         return f"{self.chip.name}:{'x'.join(map(str, self.shape))}"
 
     @property
+    def libtpu_name(self) -> str:
+        return f"{self.chip.libtpu_name}:{'x'.join(map(str, self.shape))}"
+
+    @property
     def accelerator_type(self) -> str:
         return f"{self.chip.accelerator}-{math.prod(self.shape) * self.chip.cores_per_chip_in_name}"
 
@@ -113,6 +117,8 @@ def parse_topology(text: str) -> Topology:
             f"(chips: {', '.join(CHIPS)}; 2xv5e-16 for two slices)"
         )
     slices = int(match.group(1) or 1)
+    if slices < 1:
+        raise UsageError(f"--topology {text!r}: the number of slices must be at least 1")
     if match.group(3) == ":":
         shape = tuple(int(s) for s in match.group(4).split("x") if s)
         if len(shape) != chip.dims or min(shape) < 1:
@@ -123,7 +129,7 @@ def parse_topology(text: str) -> Topology:
     else:
         count = int(match.group(4)) if match.group(4).isdigit() else 0
         shape = _shape_for(chip, count, text)
-    return Topology(chip, shape, max(slices, 1))
+    return Topology(chip, shape, slices)
 
 
 def _shape_for(chip: Chip, count: int, text: str) -> tuple[int, ...]:
@@ -166,7 +172,7 @@ def topology_devices(topology: Topology) -> list[Any]:
     if topology.num_slices > 1:
         options["num_slices"] = topology.num_slices
     try:
-        return list(topologies.get_topology_desc(topology.name, "tpu", **options).devices)
+        return list(topologies.get_topology_desc(topology.libtpu_name, "tpu", **options).devices)
     except Exception as err:  # libtpu reports bad shapes as assorted runtime errors
         raise UsageError(f"libtpu cannot describe {topology}: {' '.join(str(err).split())[:300]}") from None
 

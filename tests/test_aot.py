@@ -39,6 +39,15 @@ def test_topology_names(text, name, accelerator, chips, hosts_bounds, slices):
     assert (topology.chips_per_host_bounds, topology.num_slices) == (hosts_bounds, slices)
 
 
+def test_libtpu_calls_v5p_v5():
+    topology = aot.parse_topology("v5p-32")
+    assert (topology.name, topology.libtpu_name, topology.accelerator_type) == (
+        "v5p:2x2x4",
+        "v5:2x2x4",
+        "v5p-32",
+    )
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -47,6 +56,7 @@ def test_topology_names(text, name, accelerator, chips, hosts_bounds, slices):
         ("v4-12", "needs N = 2×(a power of two ≥ 4)"),
         ("v4-4", "needs N = 2×(a power of two ≥ 4)"),
         ("v5e:2x2x2", "v5e slices have 2 axes"),
+        ("0xv5e-16", "number of slices must be at least 1"),
     ],
 )
 def test_bad_topology_names_are_usage_errors(text, message):
