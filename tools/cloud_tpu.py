@@ -1,4 +1,4 @@
-"""Run ``autext_jax.train`` on a Cloud TPU slice: create, setup, train, watch, logs, delete.
+"""Run autext_jax.train on a Cloud TPU slice: create, setup, train, watch, logs, delete.
 
 Each subcommand runs ``gcloud`` commands; ``--dry-run`` prints them (one per line, ready to paste)
 instead. The TPU is a queued resource (``--spot`` for Spot capacity); every worker of the slice gets
