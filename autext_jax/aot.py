@@ -39,6 +39,12 @@ PUBLISHED_MODEL = "pandrei7/autextification-upb-mtl"
 PLACEHOLDER_STEPS = 1000
 
 
+ADVICE = (
+    "shard parameters and Adam moments (--set mesh.fsdp=N), lower the batch (--batch-per-device) or "
+    "data.max_length, or use a chip with more HBM"
+)
+
+
 class DoesNotFit(AutextError):
     """A step needs more memory per chip than the chip has (exit 1)."""
 
@@ -276,12 +282,25 @@ def compile_steps(cfg, devices: list[Any]) -> list[StepReport]:
     state = steps.abstract_state()
     log.info("compiling for %d devices, mesh %s, %d-token batches", mesh.size, dict(mesh.shape), length)
     train_rows, eval_rows = cfg.batch_size, cfg.eval.batch_size
-    train = steps.train_step.lower(state, steps.abstract_batch(train_rows, length)).compile()
-    evaluate = steps.eval_step.lower(state["params"], steps.abstract_batch(eval_rows, length)).compile()
+    train = _compile("train", steps.train_step.lower(state, steps.abstract_batch(train_rows, length)))
+    evaluate = _compile(
+        "eval", steps.eval_step.lower(state["params"], steps.abstract_batch(eval_rows, length))
+    )
     return [
         report_from_compiled("train", train, train_rows, length, mesh.size),
         report_from_compiled("eval", evaluate, eval_rows, length, mesh.size),
     ]
+
+
+def _compile(name: str, lowered):
+    """``lowered.compile()``; the TPU compiler itself refuses programs whose temporaries exceed HBM."""
+    try:
+        return lowered.compile()
+    except jax.errors.JaxRuntimeError as err:
+        text = " ".join(str(err).split())
+        if "RESOURCE_EXHAUSTED" not in text:
+            raise
+        raise DoesNotFit(f"the {name} step does not fit: {text[:240].rstrip('. ')}; {ADVICE}") from None
 
 
 def hbm_limit(devices: list[Any], topology: Topology | None) -> tuple[int | None, str]:
@@ -302,8 +321,7 @@ def check_fits(reports: list[StepReport], limit: int | None, chip: str) -> None:
         worst = max(over, key=lambda r: r.bytes_per_chip)
         raise DoesNotFit(
             f"the {worst.name} step needs {worst.bytes_per_chip / GIB:.2f} GiB per chip but a {chip} chip "
-            f"has {limit / GIB:.0f} GiB: shard parameters and Adam moments (--set mesh.fsdp=N), lower "
-            "the batch (--batch-per-device) or data.max_length, or use a chip with more HBM"
+            f"has {limit / GIB:.0f} GiB; {ADVICE}"
         )
 
 
