@@ -10,6 +10,7 @@ with the checkpoint's threshold unless ``threshold`` overrides it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from autext_jax.config import COMPUTE_DTYPES, ModelConfig, check_dtype, check_threshold
-from autext_jax.engine import InferenceEngine
+from autext_jax.engine import EngineOptions, InferenceEngine
 from autext_jax.scores import scores_from_logits
 
 DTYPES = {name: jnp.dtype(name) for name in COMPUTE_DTYPES}
@@ -34,11 +35,7 @@ class Detector:
         *,
         model_dir: str | Path | None = None,
         threshold: float | None = None,
-        max_length: int = 512,
-        batch_size: int | None = None,
-        long: str = "truncate",
-        stride: int = 128,
-        **engine_options: Any,
+        options: EngineOptions | None = None,
     ):
         from autext_jax.convert import check_tokenizer
 
@@ -50,15 +47,7 @@ class Detector:
         self.tokenizer = tokenizer
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.threshold = float(config.threshold if threshold is None else threshold)
-        self.engine = InferenceEngine(
-            model,
-            tokenizer,
-            max_length=max_length,
-            batch_size=batch_size,
-            long=long,
-            stride=stride,
-            **engine_options,
-        )
+        self.engine = InferenceEngine(model, tokenizer, options)
 
     def logits(self, texts: list[str]) -> dict[str, np.ndarray]:
         """float32 logits ``{"bot", "english"}`` of shape (N,) (for evaluation and threshold tuning)."""
@@ -93,16 +82,16 @@ def load(
     model: str | Path | None = None,
     *,
     dtype: str = "float32",
-    max_length: int = 512,
-    batch_size: int | None = None,
-    long: str = "truncate",
-    stride: int = 128,
     threshold: float | None = None,
     key_map: dict[str, str] | str | Path | None = None,
     allow_pickle: bool = False,
-    **engine_options: Any,
+    options: EngineOptions | None = None,
+    **option_fields: Any,
 ) -> Detector:
     """Load a detector from a local HF-layout directory, a Hub id, or ``None`` (the embedded default model).
+
+    Scoring options: ``options`` or its fields as keywords (``max_length=512, long="chunk",
+    stride=128, batch_size=None, ...``; see ``engine.EngineOptions``).
 
     Hub ids download weights/config/tokenizer files only (never code). Raises
     ``hub.ModelNotFoundError``, ``convert.ConversionError`` or ``config.ConfigError`` with a message
@@ -112,6 +101,12 @@ def load(
     from autext_jax.hub import resolve_model_dir
 
     check_dtype(dtype)
+    try:
+        options = replace(options or EngineOptions(), **option_fields)
+    except TypeError:
+        known = {f.name for f in fields(EngineOptions)}
+        unknown = sorted(set(option_fields) - known)
+        raise TypeError(f"unknown scoring options {unknown}; known: {sorted(known)}") from None
     model_dir = resolve_model_dir(model)
     checkpoint = load_checkpoint(model_dir, key_map=key_map, allow_pickle=allow_pickle, dtype=DTYPES[dtype])
     tokenizer = load_tokenizer(model_dir)
@@ -121,11 +116,7 @@ def load(
         tokenizer,
         model_dir=model_dir,
         threshold=threshold,
-        max_length=max_length,
-        batch_size=batch_size,
-        long=long,
-        stride=stride,
-        **engine_options,
+        options=options,
     )
 
 

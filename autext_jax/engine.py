@@ -1,15 +1,17 @@
-"""The inference engine: tokenize → bucket → jitted forward → restore input order, streaming.
+"""The inference engine: tokenize → pack → jitted forward → restore input order, streaming.
 
-Why it is fast: texts are tokenized in chunks and grouped by length into a few bucket lengths
-(``batching.bucket_lengths``), each bucket with a fixed batch shape holding roughly the same number
-of tokens (more rows for short buckets). Little compute goes to padding, and the number of XLA
-compilations is bounded by the number of (bucket, rows) shapes, whatever the input stream: per
-bucket, the full row count and its halvings down to ``min_tokens`` tokens (for the last, partial
-batches of a bucket, which are split into those sizes rather than padded with empty rows).
+Why it is fast: the input is read in blocks of at most ``window`` texts; each block's token
+windows are packed several to a row (``batching.ShapePolicy``), each text attending only to itself
+with its own positions and pooling (``MultiTaskModel.packed``), so almost no compute goes to
+padding. The shapes are a handful known in advance (row lengths × row counts), whatever the input
+stream, and the layer stack runs as one ``lax.scan`` (``model.stack_layers``), so each shape
+compiles one transformer block, not ``num_layers``. ``pack=False`` gives plain length buckets,
+one text per row (the same numbers; for comparison).
 
-Why memory stays flat: at most ``window`` inputs are in flight (read but not yet emitted); when
-that budget is reached, the bucket holding the oldest input runs, even if not full, so results come
-out in input order while the input is still being read.
+Why memory stays flat: at most ``window`` inputs are in flight (read but not yet emitted), and a
+long text is only tokenized as far as it can be scored: ``long="truncate"`` tokenizes a character
+prefix (grown only if it yields too few tokens); ``long="chunk"`` tokenizes it in pieces cut at
+whitespace into one int32 array.
 
 Long texts: ``long="truncate"`` keeps the first ``max_length`` tokens (as the original model card);
 ``long="chunk"`` scores overlapping windows of ``max_length`` tokens (each with its own special
@@ -20,7 +22,9 @@ their token counts; the probability is the sigmoid of that mean (``scores.scores
 from __future__ import annotations
 
 import logging
-from collections import Counter, deque
+import os
+import re
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,64 +37,117 @@ import numpy as np
 from flax import nnx
 
 from autext_jax import batching
+from autext_jax.model import stack_layers
 
 log = logging.getLogger(__name__)
 
 LONG_MODES = ("truncate", "chunk")
-_TRACES = 0  # incremented each time the forward pass is traced, i.e. compiled for a new shape
-_CACHE_HITS = 0  # persistent compilation cache hits (counted when a cache directory is enabled)
-_CACHE_LISTENER_ADDED = False
+COMPILE_CACHE_ENV = "AUTEXT_JAX_COMPILE_CACHE"
+_CACHE_OFF = ("", "0", "off", "none", "false", "no")
+_PREFIX_CHARS_PER_TOKEN = 16  # a character prefix this long per token holds max_length tokens in practice
+_PIECE_CHARS = 1 << 16  # chunk mode tokenizes very long texts in pieces of about this many characters
 
 
-# ---- the jitted forward pass ------------------------------------------------------------------
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine cuts, packs and batches texts (one object from the CLI/API down to here).
 
-
-@partial(jax.jit, static_argnums=0)
-def _forward(graphdef: nnx.GraphDef, state: nnx.State, input_ids: jax.Array, attention_mask: jax.Array):
-    global _TRACES
-    _TRACES += 1  # Python side effect: runs only while tracing
-    model = nnx.merge(graphdef, state)
-    model.eval()  # the traced copy only: dropout off, the caller's model is untouched
-    return model(input_ids, attention_mask)
-
-
-def forward_logits(model: nnx.Module, input_ids, attention_mask) -> dict[str, jax.Array]:
-    """fp32 logits ``{"bot", "english"}`` of ``model`` in eval mode (dropout off), jitted per shape.
-
-    Reusable by evaluation and training; compiled once per (model structure, input shape).
+    ``batch_size``: rows of ``max_length`` tokens per batch (the token budget of every batch);
+    ``None`` picks 2048 tokens on CPU (keeps its cores busy, little tail waste) and 32 rows on
+    accelerators. ``pack``: several texts per row of ``pack_length`` tokens (longer ones in rows of
+    ``max_length``); off: one text per row in length buckets. ``window``: inputs in flight.
     """
-    graphdef, state = nnx.split(model)
-    return _forward(graphdef, state, jnp.asarray(input_ids), jnp.asarray(attention_mask))
+
+    max_length: int = 512
+    batch_size: int | None = None
+    long: str = "truncate"
+    stride: int = 128
+    window: int = 2048
+    pack: bool = True
+    pack_length: int = 256
+    max_rows: int = 1024
+    min_tokens: int = 256
+    tokenize_chunk: int = 256
+
+    def check(self, max_tokens: int) -> None:
+        """Raise ``ValueError`` naming the first option out of range for a model of ``max_tokens``."""
+        if self.long not in LONG_MODES:
+            raise ValueError(f"long must be one of {LONG_MODES}, got {self.long!r}")
+        if not 2 < self.max_length <= max_tokens:
+            raise ValueError(
+                f"max_length must be in 3..{max_tokens} (the position table), got {self.max_length}"
+            )
+        if self.long == "chunk" and not 0 <= self.stride < self.max_length - 2:
+            raise ValueError(
+                f"stride must be in 0..{self.max_length - 3} (max_length {self.max_length}), "
+                f"got {self.stride}"
+            )
+        for name in ("window", "pack_length", "max_rows", "tokenize_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
 
 
-def compilation_count() -> int:
-    """How many times the forward pass has been compiled (traced) in this process."""
-    return _TRACES
+# ---- the persistent compilation cache ---------------------------------------------------------
 
 
-def enable_compile_cache(directory: str | Path) -> Path:
-    """Persist XLA executables in ``directory`` so later runs skip compiling the same shapes."""
-    global _CACHE_LISTENER_ADDED
+def default_cache_dir() -> Path | None:
+    """``$AUTEXT_JAX_COMPILE_CACHE`` (``off``/``0``/empty: none), else ``$XDG_CACHE_HOME/autext-jax/xla``."""
+    env = os.environ.get(COMPILE_CACHE_ENV)
+    if env is not None:
+        return None if env.strip().lower() in _CACHE_OFF else Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "autext-jax" / "xla"
+
+
+def enable_compile_cache(directory: str | Path) -> Path | None:
+    """Persist XLA executables in ``directory`` so later runs skip compiling the same shapes.
+
+    A cache that cannot be used (a file, a read-only folder) logs one warning and returns ``None``:
+    scoring goes on, compiling as usual. Unreadable entries are recompiled (JAX warns).
+    """
     path = Path(directory).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".autext-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        log.warning("compile cache %s unusable (%s); compiling without it", path, err.strerror or err)
+        return None
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    if not _CACHE_LISTENER_ADDED:
-        jax.monitoring.register_event_listener(_count_cache_hit)
-        _CACHE_LISTENER_ADDED = True
+    _reset_jax_cache()
+    _watch_cache_events()
     return path
 
 
+def _reset_jax_cache() -> None:
+    """JAX decides once per process whether the cache is on; let a new directory take effect."""
+    try:
+        from jax._src import compilation_cache
+    except ImportError:  # a JAX without the module: the directory still applies to a fresh process
+        return
+    reset = getattr(compilation_cache, "reset_cache", None)
+    if reset is not None:
+        reset()
+
+
+_COMPILING: list[EngineStats] = []  # stats of the engines whose forward is running (innermost last)
+_LISTENING = [False]
+
+
+def _watch_cache_events() -> None:
+    if not _LISTENING[0]:
+        jax.monitoring.register_event_listener(_count_cache_hit)
+        _LISTENING[0] = True
+
+
 def _count_cache_hit(event: str, **_: Any) -> None:
-    global _CACHE_HITS
-    if event == "/jax/compilation_cache/cache_hits":
-        _CACHE_HITS += 1
-
-
-def cache_hit_count() -> int:
-    """Executables loaded from the persistent compilation cache in this process."""
-    return _CACHE_HITS
+    if event == "/jax/compilation_cache/cache_hits" and _COMPILING:
+        _COMPILING[-1].cache_hits += 1
 
 
 # ---- results ----------------------------------------------------------------------------------
@@ -109,31 +166,66 @@ class DocLogits:
 @dataclass
 class _Doc:
     tag: Any
-    windows_left: int
-    n_chunks: int
-    weight: float = 0.0
+    windows: list[np.ndarray]
     bot: float = 0.0
     english: float = 0.0
     n_tokens: int = 0
 
-    @property
-    def done(self) -> bool:
-        return self.windows_left == 0
+    def add(self, n_tokens: int, bot: float, english: float) -> None:
+        self.bot += n_tokens * bot
+        self.english += n_tokens * english
+        self.n_tokens += n_tokens
+
+    def result(self) -> DocLogits | None:
+        if not self.windows:
+            return None
+        return DocLogits(
+            self.bot / self.n_tokens, self.english / self.n_tokens, len(self.windows), self.n_tokens
+        )
 
 
 @dataclass
 class EngineStats:
+    """What the engine did: inputs, windows, batches, real vs computed tokens, compilations."""
+
     texts: int = 0
     windows: int = 0
     batches: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
+    attention_real: int = 0  # sum of n² over windows: the attention work the texts need
+    attention_computed: int = 0  # sum of length² over rows: what a packed row computes
     compilations: int = 0
+    cache_hits: int = 0
     shapes: Counter[tuple[int, int]] = field(default_factory=Counter)  # (rows, length) -> batches
 
     @property
     def padding_fraction(self) -> float:
         return 1.0 - self.real_tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+    @property
+    def attention_overhead(self) -> float:
+        """Computed ÷ needed attention score entries (1.0: none wasted)."""
+        return self.attention_computed / self.attention_real if self.attention_real else 1.0
+
+
+# ---- plain forward (evaluation, tests) ---------------------------------------------------------
+
+
+@partial(jax.jit, static_argnums=0)
+def _forward(graphdef: nnx.GraphDef, state: nnx.State, input_ids: jax.Array, attention_mask: jax.Array):
+    model = nnx.merge(graphdef, state)
+    model.eval()  # the traced copy only: dropout off, the caller's model is untouched
+    return model(input_ids, attention_mask)
+
+
+def forward_logits(model: nnx.Module, input_ids, attention_mask) -> dict[str, jax.Array]:
+    """fp32 logits ``{"bot", "english"}`` of ``model`` in eval mode (dropout off), jitted per shape.
+
+    Unpacked rows, the training module path: reusable by evaluation, training and tests.
+    """
+    graphdef, state = nnx.split(model)
+    return _forward(graphdef, state, jnp.asarray(input_ids), jnp.asarray(attention_mask))
 
 
 # ---- the engine -------------------------------------------------------------------------------
@@ -142,74 +234,67 @@ class EngineStats:
 class InferenceEngine:
     """Scores streams of texts with an NNX ``MultiTaskModel`` and its Hugging Face tokenizer.
 
-    ``batch_size`` is the number of rows of a ``max_length`` batch; shorter buckets get
-    proportionally more rows (same tokens per batch), capped at ``max_rows``. ``None`` picks
-    2048 tokens per batch on CPU (enough to keep its cores busy, little partial-batch waste) and
-    32 rows of ``max_length`` on accelerators. ``fine_buckets`` adds the midpoints (24, 48, 96, ...)
-    to ``batching.bucket_lengths``: less padding for twice the shapes. With several devices the
-    batch dimension is sharded over a 1-D mesh and rows are rounded to the device count.
+    With several devices the batch dimension is sharded over a 1-D mesh and row counts are
+    rounded to the device count.
     """
 
     def __init__(
         self,
         model: nnx.Module,
         tokenizer,
+        options: EngineOptions | None = None,
         *,
-        max_length: int = 512,
-        batch_size: int | None = None,
-        long: str = "truncate",
-        stride: int = 128,
-        window: int = 2048,
-        max_rows: int = 1024,
-        tokenize_chunk: int = 256,
-        smallest_bucket: int = 16,
-        fine_buckets: bool = True,
-        min_tokens: int = 256,
         devices: Sequence[jax.Device] | None = None,
     ):
-        if long not in LONG_MODES:
-            raise ValueError(f"long must be one of {LONG_MODES}, got {long!r}")
-        limit = model.cfg.encoder.max_tokens
-        if not 2 < max_length <= limit:
-            raise ValueError(f"max_length must be in 3..{limit} (the position table), got {max_length}")
-        if long == "chunk" and not 0 <= stride < max_length - 2:
-            raise ValueError(f"stride must be in 0..{max_length - 3} (max_length {max_length}), got {stride}")
+        options = options or EngineOptions()
+        options.check(model.cfg.encoder.max_tokens)
+        self.options = options
         self.devices = list(devices) if devices is not None else jax.devices()
+        batch_size = options.batch_size
         if batch_size is None:
             on_cpu = self.devices[0].platform == "cpu"
-            batch_size = max(1, 2048 // max_length) if on_cpu else 32
-        if batch_size < 1 or window < 1:
-            raise ValueError(f"batch_size and window must be positive, got {batch_size} and {window}")
+            batch_size = max(1, 2048 // options.max_length) if on_cpu else 32
+        self.policy = batching.ShapePolicy.build(
+            options.max_length,
+            batch_size * options.max_length,
+            pack_length=options.pack_length if options.pack else None,
+            max_rows=options.max_rows,
+            row_multiple=len(self.devices),
+            min_tokens=options.min_tokens,
+        )
         self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.long = long
-        self.stride = stride
-        self.window = window
-        self.tokenize_chunk = max(1, min(tokenize_chunk, window))
         pad_id = tokenizer.pad_token_id
         self.pad_id = model.cfg.encoder.pad_token_id if pad_id is None else pad_id
-        self.buckets = _buckets(max_length, min(smallest_bucket, max_length), fine_buckets)
         self.stats = EngineStats()
         self._prefix, self._suffix = _special_tokens(tokenizer)
+        self._place(model)
 
-        n_dev = len(self.devices)
-        tokens_per_batch = batch_size * max_length
-        self.batch_size = batch_size
-        self.rows = {
-            b: _round_up(max(1, min(max_rows, tokens_per_batch // b)), n_dev) for b in self.buckets
-        }
-        self.row_options = {b: _row_options(r, b, n_dev, min_tokens) for b, r in self.rows.items()}
-        graphdef, state = nnx.split(model)
-        if n_dev > 1:
+    def _place(self, model: nnx.Module) -> None:
+        """Device placement, the stacked layers, and this engine's own jitted forward."""
+        evaluating = nnx.clone(model)  # shares the arrays; only the copy's dropout is switched off
+        evaluating.eval()
+        graphdef, state = nnx.split(evaluating)
+        stacked = stack_layers(evaluating.encoder.layers)
+        if len(self.devices) > 1:
             mesh = jax.sharding.Mesh(np.array(self.devices), ("batch",))
             self._data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
-            state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+            replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         else:
-            self._data_sharding = self.devices[0]
-            state = jax.device_put(state, self.devices[0])
-        self._graphdef, self._state = graphdef, state
+            self._data_sharding = replicated = self.devices[0]
+        self._state, self._stacked = jax.device_put((state, stacked), replicated)
+        stats = self.stats
+
+        def packed(state, stacked, input_ids, segments, starts):
+            stats.compilations += 1  # Python side effect: runs only while tracing a new shape
+            return nnx.merge(graphdef, state).packed(input_ids, segments, starts, stacked)
+
+        self._packed = jax.jit(packed)
 
     # -- public -----------------------------------------------------------------------------
+
+    @property
+    def max_length(self) -> int:
+        return self.options.max_length
 
     def logits(self, texts: Iterable[str]) -> dict[str, np.ndarray]:
         """``{"bot", "english"}`` float32 logits, ``"n_chunks"`` int32, one entry per text in input order."""
@@ -227,165 +312,155 @@ class InferenceEngine:
         If reading ``items`` raises, every result before the failure is yielded first, then the
         exception propagates, so a caller writing records has written all of them.
         """
-        state = _RunState()
         source = iter(items)
         while True:
+            block: list[_Doc] = []
             chunk: list[tuple[Any, str | None]] = []
             try:
                 for item in source:
                     chunk.append(item)
-                    if len(chunk) >= self.tokenize_chunk:
+                    if len(chunk) >= self.options.tokenize_chunk:
+                        block += self._admit(chunk)
+                        chunk = []
+                    if len(block) + len(chunk) >= self.options.window:
                         break
             except Exception:
-                self._admit(state, chunk)
-                yield from self._drain(state)
+                yield from self._score_block(block + self._admit(chunk))
                 raise
-            if not chunk:
-                break
-            self._admit(state, chunk)
-            yield from state.pop_ready()
-            while state.in_flight >= self.window:
-                self._run_oldest(state)
-                yield from state.pop_ready()
-        yield from self._drain(state)
+            block += self._admit(chunk)
+            if not block:
+                return
+            yield from self._score_block(block)
 
     # -- internals --------------------------------------------------------------------------
 
-    def _admit(self, state: _RunState, chunk: list[tuple[Any, str | None]]) -> None:
+    def _admit(self, chunk: list[tuple[Any, str | None]]) -> list[_Doc]:
         texts = [t for _, t in chunk if t is not None]
         for t in texts:
             if not isinstance(t, str):
                 raise TypeError(f"texts must be strings, got {type(t).__name__}")
         windows = iter(self._windows(texts))
-        for tag, text in chunk:
-            doc_windows = [] if text is None else next(windows)
-            doc = _Doc(tag=tag, windows_left=len(doc_windows), n_chunks=len(doc_windows))
-            index = state.add_doc(doc)
-            if text is None:
-                continue
-            self.stats.texts += 1
-            for ids in doc_windows:
-                bucket = batching.bucket_for(len(ids), self.buckets)
-                state.pools.setdefault(bucket, deque()).append((index, ids))
-                if len(state.pools[bucket]) >= self.rows[bucket]:
-                    self._run_batch(state, bucket)
+        return [_Doc(tag, [] if text is None else next(windows)) for tag, text in chunk]
 
-    def _windows(self, texts: list[str]) -> list[list[list[int]]]:
-        """Per text, its token windows (special tokens included)."""
+    def _score_block(self, docs: list[_Doc]) -> Iterator[tuple[Any, DocLogits | None]]:
+        owners = [(doc, w) for doc in docs for w in doc.windows]
+        self.stats.texts += sum(1 for doc in docs if doc.windows)
+        for batch in self.policy.plan([len(w) for _, w in owners]):
+            self._run_batch(batch, owners)
+        for doc in docs:
+            yield doc.tag, doc.result()
+
+    def _run_batch(self, batch: batching.Batch, owners: list[tuple[_Doc, np.ndarray]]) -> None:
+        ids = np.full((batch.n_rows, batch.length), self.pad_id, dtype=np.int32)
+        segments = np.zeros((batch.n_rows, batch.length), dtype=np.int32)
+        starts = np.zeros((batch.n_rows, batch.texts), dtype=np.int32)
+        for r, row in enumerate(batch.rows):
+            at = 0
+            for k, item in enumerate(row):
+                window = owners[item][1]
+                ids[r, at : at + len(window)] = window
+                segments[r, at : at + len(window)] = k + 1
+                starts[r, k] = at
+                at += len(window)
+        _COMPILING.append(self.stats)
+        try:
+            out = self._packed(
+                self._state,
+                self._stacked,
+                *(jax.device_put(a, self._data_sharding) for a in (ids, segments, starts)),
+            )
+            bot, english = np.asarray(out["bot"]), np.asarray(out["english"])
+        finally:
+            _COMPILING.pop()
+        stats = self.stats
+        stats.shapes[(batch.n_rows, batch.length)] += 1
+        stats.batches += 1
+        stats.padded_tokens += batch.n_rows * batch.length
+        stats.attention_computed += batch.n_rows * batch.length**2
+        for r, row in enumerate(batch.rows):
+            for k, item in enumerate(row):
+                n = len(owners[item][1])
+                owners[item][0].add(n, float(bot[r, k]), float(english[r, k]))
+                stats.windows += 1
+                stats.real_tokens += n
+                stats.attention_real += n * n
+
+    def _windows(self, texts: list[str]) -> list[list[np.ndarray]]:
+        """Per text, its token windows (special tokens included) as int32 arrays."""
         if not texts:
             return []
-        if self.long == "truncate":
-            return [[ids] for ids in batching.tokenize(self.tokenizer, texts, self.max_length)]
+        if self.options.long == "truncate":
+            return [[np.asarray(ids, dtype=np.int32)] for ids in self._tokenize_truncated(texts)]
         body = self.max_length - len(self._prefix) - len(self._suffix)
-        step = body - self.stride
+        step = body - self.options.stride
+        prefix, suffix = np.int32(self._prefix), np.int32(self._suffix)
         out = []
-        for ids in _tokenize_plain(self.tokenizer, texts):
-            starts = range(0, max(len(ids) - self.stride, 1), step)
-            out.append([self._prefix + ids[s : s + body] + self._suffix for s in starts])
+        for ids in self._tokenize_plain(texts):
+            starts = range(0, max(len(ids) - self.options.stride, 1), step)
+            out.append([np.concatenate([prefix, ids[s : s + body], suffix]) for s in starts])
         return out
 
-    def _run_oldest(self, state: _RunState) -> None:
-        """Run one batch from the bucket whose queue holds the oldest waiting input."""
-        bucket = min((b for b, q in state.pools.items() if q), key=lambda b: state.pools[b][0][0])
-        self._run_batch(state, bucket)
+    def _tokenize_truncated(self, texts: list[str]) -> list[list[int]]:
+        """``batching.tokenize`` truncated to ``max_length``, reading only as much of each text as needed.
 
-    def _drain(self, state: _RunState) -> Iterator[tuple[Any, DocLogits | None]]:
-        while any(state.pools.values()):
-            self._run_oldest(state)
-            yield from state.pop_ready()
-        yield from state.pop_ready()
+        A text longer than the prefix budget is tokenized from a character prefix; the prefix is
+        accepted when it and one twice as long give the same ``max_length`` tokens (so a cut word at
+        its end changed nothing), else it doubles, up to the whole text.
+        """
+        n = self.max_length
+        budget = n * _PREFIX_CHARS_PER_TOKEN
+        out = batching.tokenize(self.tokenizer, [t if len(t) <= budget else "" for t in texts], n)
+        for i, text in enumerate(texts):
+            size = budget
+            while len(text) > budget:
+                first, second = batching.tokenize(self.tokenizer, [text[:size], text[: 2 * size]], n)
+                if 2 * size >= len(text) or (first == second and len(first) == n):
+                    out[i] = second
+                    break
+                size *= 2
+        return out
 
-    def _run_batch(self, state: _RunState, bucket: int) -> None:
-        queue = state.pools[bucket]
-        options = self.row_options[bucket]  # descending; options[0] is the full batch
-        fitting = [r for r in options if r <= len(queue)]
-        rows = fitting[0] if fitting else options[-1]
-        items = [queue.popleft() for _ in range(min(rows, len(queue)))]
-        take = len(items)
-        ids, mask = batching.pad_batch([seq for _, seq in items], bucket, rows, self.pad_id)
-        before = _TRACES
-        out = _forward(
-            self._graphdef,
-            self._state,
-            jax.device_put(ids, self._data_sharding),
-            jax.device_put(mask, self._data_sharding),
-        )
-        bot, english = np.asarray(out["bot"]), np.asarray(out["english"])
-        self.stats.compilations += _TRACES - before
-        self.stats.shapes[(rows, bucket)] += 1
-        self.stats.batches += 1
-        self.stats.windows += take
-        self.stats.padded_tokens += rows * bucket
-        for row, (index, seq) in enumerate(items):
-            self.stats.real_tokens += len(seq)
-            state.add_result(index, len(seq), float(bot[row]), float(english[row]))
+    def _tokenize_plain(self, texts: list[str]) -> list[np.ndarray]:
+        """Token ids without special tokens or truncation (for chunking long texts), as int32 arrays.
 
+        A very long text is tokenized in pieces cut before a whitespace that follows a non-space
+        (the XLM-R tokenizer splits on whitespace first, so the ids are the same) to bound the
+        tokenizer's per-token memory. Through the tokenizer's own ``__call__`` (it resets
+        truncation state left by earlier calls), with its "sequence longer than the maximum"
+        warning silenced: chunking is the point here.
+        """
+        from transformers.utils import logging as hf_logging
 
-class _RunState:
-    """Bookkeeping of one ``run``: inputs in flight, per-bucket queues, the next index to emit."""
-
-    def __init__(self) -> None:
-        self.docs: dict[int, _Doc] = {}
-        self.pools: dict[int, deque[tuple[int, list[int]]]] = {}
-        self.next_index = 0
-        self.next_emit = 0
-
-    @property
-    def in_flight(self) -> int:
-        return self.next_index - self.next_emit
-
-    def add_doc(self, doc: _Doc) -> int:
-        index = self.next_index
-        self.docs[index] = doc
-        self.next_index += 1
-        return index
-
-    def add_result(self, index: int, n_tokens: int, bot: float, english: float) -> None:
-        doc = self.docs[index]
-        doc.weight += n_tokens
-        doc.bot += n_tokens * bot
-        doc.english += n_tokens * english
-        doc.n_tokens += n_tokens
-        doc.windows_left -= 1
-
-    def pop_ready(self) -> Iterator[tuple[Any, DocLogits | None]]:
-        while self.next_emit < self.next_index and self.docs[self.next_emit].done:
-            doc = self.docs.pop(self.next_emit)
-            self.next_emit += 1
-            if doc.n_chunks == 0:
-                yield doc.tag, None
-            else:
-                yield doc.tag, DocLogits(
-                    bot=doc.bot / doc.weight,
-                    english=doc.english / doc.weight,
-                    n_chunks=doc.n_chunks,
-                    n_tokens=doc.n_tokens,
-                )
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            out = []
+            for text in texts:
+                pieces = _pieces(text, _PIECE_CHARS)
+                parts = []
+                for at in range(0, len(pieces), 8):  # a few pieces at a time: bounded tokenizer memory
+                    ids = self.tokenizer(pieces[at : at + 8], add_special_tokens=False, truncation=False)
+                    parts.append(np.fromiter((t for p in ids["input_ids"] for t in p), dtype=np.int32))
+                out.append(np.concatenate(parts))
+            return out
+        finally:
+            hf_logging.set_verbosity(verbosity)
 
 
-def _buckets(max_length: int, smallest: int, fine: bool) -> tuple[int, ...]:
-    """``batching.bucket_lengths``, plus the 1.5x midpoints (multiples of 8) when ``fine``."""
-    coarse = batching.bucket_lengths(max_length, smallest=smallest)
-    if not fine:
-        return coarse
-    mids = {_round_up(b * 3 // 2, 8) for b in coarse[:-1]}
-    return tuple(sorted({b for b in set(coarse) | mids if b <= max_length}))
+_CUT = re.compile(r"(?<=\S)\s")
 
 
-def _row_options(full: int, bucket: int, n_devices: int, min_tokens: int) -> tuple[int, ...]:
-    """Row counts a batch of ``bucket`` may have: ``full`` and its halvings down to ``min_tokens``."""
-    floor = max(1, -(-min_tokens // bucket))
-    options, rows = [], full
-    while True:
-        options.append(_round_up(rows, n_devices))
-        if rows <= floor:
-            break
-        rows = max(floor, -(-rows // 2))
-    return tuple(sorted(set(options), reverse=True))
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
+def _pieces(text: str, size: int) -> list[str]:
+    """``text`` cut into pieces of ``size`` to ``2·size`` characters, each cut before a whitespace run
+    (a stretch of ``size`` characters without one is cut where it is: only its edge tokens may change)."""
+    pieces, start = [], 0
+    while len(text) - start > 2 * size:
+        match = _CUT.search(text, start + size, start + 2 * size)
+        cut = match.start() if match is not None else start + size
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
 
 
 def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
@@ -397,19 +472,3 @@ def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
         if with_special[start : start + len(plain)] == plain:
             return with_special[:start], with_special[start + len(plain) :]
     raise ValueError("cannot locate the special tokens this tokenizer adds around a text")
-
-
-def _tokenize_plain(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids without special tokens or truncation (for chunking long texts).
-
-    Through the tokenizer's own ``__call__`` (it resets truncation state left by earlier calls),
-    with its "sequence longer than the maximum" warning silenced: chunking is the point here.
-    """
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        return tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
-    finally:
-        hf_logging.set_verbosity(verbosity)

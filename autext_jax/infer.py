@@ -33,7 +33,6 @@ from autext_jax.errors import InputDataError as InputError
 from autext_jax.errors import UsageError
 
 FORMATS = tables.FORMATS
-COMPILE_CACHE_ENV = "AUTEXT_JAX_COMPILE_CACHE"
 
 
 @dataclass
@@ -239,7 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inputs in flight: records come out at most N inputs behind the reading "
                    "(default 2048; 1 when stdin is a terminal)")
     p.add_argument("--compile-cache", metavar="DIR",
-                   help=f"persistent XLA compilation cache (default: ${COMPILE_CACHE_ENV} if set)")
+                   help="persistent XLA compilation cache, so later runs skip compiling (default: "
+                   "$AUTEXT_JAX_COMPILE_CACHE, else $XDG_CACHE_HOME/autext-jax/xla or "
+                   "~/.cache/autext-jax/xla)")
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not use the compilation cache (also AUTEXT_JAX_COMPILE_CACHE=off)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--verbose", "-v", action="store_true", help="say which model, shapes and compile count")
     cli.add_debug_flag(p)
@@ -260,8 +263,7 @@ def _main(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     check_paths(args.inputs, args.output)
-    cache_dir = args.compile_cache or os.environ.get(COMPILE_CACHE_ENV)
-    detector = _load_detector(args, cache_dir)
+    detector, cache_dir = _load_detector(args)
     log = logging.getLogger("autext_jax.infer")
     which = "the embedded default model " if args.model is None else ""
     log.info(
@@ -281,25 +283,26 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_detector(args: argparse.Namespace, cache_dir: str | None):
+def _load_detector(args: argparse.Namespace):
+    """The detector and the compilation cache directory in use (``None``: none)."""
     from autext_jax import engine
     from autext_jax.api import load
     from autext_jax.config import ConfigError
     from autext_jax.convert import ConversionError
 
-    if cache_dir:
-        engine.enable_compile_cache(cache_dir)
+    cache_dir = None
+    if not args.no_compile_cache:
+        wanted = Path(args.compile_cache) if args.compile_cache else engine.default_cache_dir()
+        cache_dir = engine.enable_compile_cache(wanted) if wanted is not None else None
+    options = engine.EngineOptions(
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        long=args.long,
+        stride=args.stride,
+        **_stream_options(args),
+    )
     try:
-        return load(
-            args.model,
-            dtype=args.dtype,
-            max_length=args.max_length,
-            batch_size=args.batch_size,
-            long=args.long,
-            stride=args.stride,
-            threshold=args.threshold,
-            **_stream_options(args),
-        )
+        return load(args.model, dtype=args.dtype, threshold=args.threshold, options=options), cache_dir
     except FileNotFoundError as err:
         raise UsageError(str(err).strip("'\"")) from None
     except (ConversionError, ConfigError) as err:
@@ -347,9 +350,7 @@ def _score(args: argparse.Namespace, detector, writer: RecordWriter, total: int 
             bar.close()
 
 
-def _report(log: logging.Logger, detector, count: int, seconds: float, cache_dir: str | None) -> None:
-    from autext_jax import engine
-
+def _report(log: logging.Logger, detector, count: int, seconds: float, cache_dir: Path | None) -> None:
     stats = detector.engine.stats
     log.info(
         "%d records in %.1f s (%.1f texts/s); %d windows in %d batches, %.0f%% padding",
@@ -360,7 +361,7 @@ def _report(log: logging.Logger, detector, count: int, seconds: float, cache_dir
         "compilations: %d (shapes rows x length: %s)%s",
         stats.compilations,
         ", ".join(f"{r}x{b}" for r, b in sorted(stats.shapes, key=lambda s: s[1])) or "none",
-        f"; {engine.cache_hit_count()} loaded from the cache in {cache_dir}" if cache_dir else "",
+        f"; {stats.cache_hits} loaded from the cache in {cache_dir}" if cache_dir else "; no cache",
     )
 
 

@@ -7,7 +7,8 @@ Linear kernels are stored ``(in, out)`` as in Flax; ``convert.py`` owns the tran
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from flax import nnx
 from autext_jax.config import EncoderConfig, ModelConfig
 
 Array = jax.Array
+_log = logging.getLogger(__name__)
 
 _INIT_STD = 0.02  # XLM-R's initializer_range
 
@@ -71,6 +73,29 @@ def position_ids(attention_mask: Array, pad_token_id: int) -> Array:
     return jnp.cumsum(mask, axis=1) * mask + pad_token_id
 
 
+def segment_positions(segments: Array, pad_token_id: int) -> Array:
+    """Positions of a packed row: every text (a run of equal segment ids > 0) counts from the start.
+
+    ``segments[b, t]`` is 0 for padding and ``1, 2, ...`` for the texts packed into row ``b``.
+    """
+    index = jnp.arange(segments.shape[1], dtype=jnp.int32)[None, :]
+    previous = jnp.pad(segments[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+    start = jax.lax.cummax(jnp.where(segments != previous, index, 0), axis=1)
+    real = (segments > 0).astype(jnp.int32)
+    return (index - start + 1) * real + pad_token_id
+
+
+def attention_mask_of(attention_mask: Array | None, segments: Array | None) -> Array:
+    """Boolean mask broadcastable to ``(batch, heads, query, key)``: which keys each query sees.
+
+    Unpacked rows: every real key (as HF). Packed rows: only the keys of the query's own text.
+    """
+    if segments is None:
+        return (attention_mask > 0)[:, None, None, :]
+    same = segments[:, :, None] == segments[:, None, :]
+    return (same & (segments[:, None, :] > 0))[:, None]
+
+
 class Embeddings(nnx.Module):
     def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -90,8 +115,13 @@ class Embeddings(nnx.Module):
         self.norm = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, dtype, rngs)
         self.dropout = nnx.Dropout(cfg.hidden_dropout, rngs=rngs)
 
-    def __call__(self, input_ids: Array, attention_mask: Array) -> Array:
-        positions = position_ids(attention_mask, self.cfg.pad_token_id)
+    def __call__(self, input_ids: Array, attention_mask: Array | None, segments: Array | None = None):
+        """``segments`` given: packed rows (``attention_mask`` unused), positions restart per text."""
+        pad = self.cfg.pad_token_id
+        if segments is None:
+            positions = position_ids(attention_mask, pad)
+        else:
+            positions = segment_positions(segments, pad)
         # Token type 0 everywhere: XLM-R has a single token-type row.
         x = self.word(input_ids) + self.position(positions) + self.token_type.embedding[...][0]
         return self.dropout(self.norm(x))
@@ -110,19 +140,37 @@ class SelfAttention(nnx.Module):
         self.output = _dense(h, h, ("heads", "embed"), dtype, rngs)
         self.dropout = nnx.Dropout(cfg.attention_dropout, rngs=rngs)
 
-    def __call__(self, x: Array, attention_bias: Array) -> Array:
+    def __call__(self, x: Array, mask: Array) -> Array:
+        """``mask``: boolean, broadcastable to ``(batch, heads, query, key)`` (``attention_mask_of``)."""
         batch, length, _ = x.shape
 
         def split(t: Array) -> Array:
             return t.reshape(batch, length, self.num_heads, self.head_dim)
 
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(self.head_dim).astype(q.dtype)
-        # Softmax in fp32 even for bf16 compute: padding biases are large negatives.
-        weights = jax.nn.softmax(scores.astype(jnp.float32) + attention_bias, axis=-1).astype(v.dtype)
-        weights = self.dropout(weights)
-        context = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, -1)
-        return self.output(context)
+        if self.dropout.rate > 0 and not self.dropout.deterministic:
+            context = self._attention_with_dropout(q, k, v, mask)
+        else:
+            context = fused_attention(q, k, v, mask)
+        return self.output(context.reshape(batch, length, -1))
+
+    def _attention_with_dropout(self, q: Array, k: Array, v: Array, mask: Array) -> Array:
+        """Training: dropout on the attention weights (as HF), which the fused kernel cannot do."""
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        scores = jnp.where(mask, scores / jnp.sqrt(self.head_dim), jnp.finfo(jnp.float32).min)
+        weights = self.dropout(jax.nn.softmax(scores, axis=-1).astype(v.dtype))
+        return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def fused_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """``jax.nn.dot_product_attention``: cuDNN flash attention on GPU for bf16/fp16, XLA otherwise
+    (also where cuDNN refuses the shape); logits and softmax in fp32 either way."""
+    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+        try:
+            return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+        except (ValueError, NotImplementedError, RuntimeError, TypeError) as err:
+            _log.debug("cuDNN attention unavailable (%s); using XLA's", err)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask)
 
 
 class Layer(nnx.Module):
@@ -137,20 +185,20 @@ class Layer(nnx.Module):
         self.dropout = nnx.Dropout(cfg.hidden_dropout, rngs=rngs)
         self.act = _activation(cfg.hidden_act)
 
-    def __call__(self, x: Array, attention_bias: Array) -> Array:
-        x = self.attention_norm(x + self.dropout(self.attention(x, attention_bias)))
+    def __call__(self, x: Array, mask: Array) -> Array:
+        x = self.attention_norm(x + self.dropout(self.attention(x, mask)))
         h = self.output(self.act(self.intermediate(x)))
         return self.output_norm(x + self.dropout(h))
 
 
 class Pooler(nnx.Module):
-    """BERT pooler: tanh(Linear(hidden of the first token))."""
+    """BERT pooler: tanh(Linear(hidden of the first token)); takes the first tokens' hidden states."""
 
     def __init__(self, hidden_size: int, *, dtype=None, rngs: nnx.Rngs):
         self.dense = _dense(hidden_size, hidden_size, ("embed", "embed_out"), dtype, rngs)
 
-    def __call__(self, hidden: Array) -> Array:
-        return jnp.tanh(self.dense(hidden[:, 0]))
+    def __call__(self, first: Array) -> Array:
+        return jnp.tanh(self.dense(first))
 
 
 class Encoder(nnx.Module):
@@ -162,14 +210,43 @@ class Encoder(nnx.Module):
         self.layers = nnx.List([Layer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_layers)])
         self.pooler = Pooler(cfg.hidden_size, dtype=dtype, rngs=rngs) if cfg.use_pooler else None
 
-    def __call__(self, input_ids: Array, attention_mask: Array) -> Array:
-        """Final hidden states ``(batch, length, hidden)``."""
-        x = self.embeddings(input_ids, attention_mask)
-        # Additive bias, broadcast over heads and queries: 0 for real keys, dtype-min for padding (as HF).
-        bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None,
+        segments: Array | None = None,
+        stacked_layers: nnx.State | None = None,
+    ) -> Array:
+        """Final hidden states ``(batch, length, hidden)``.
+
+        ``segments`` (instead of ``attention_mask``): packed rows, see ``segment_positions``.
+        ``stacked_layers`` (from ``stack_layers``): run the blocks as one ``lax.scan`` over that
+        stack, so XLA compiles one block instead of ``num_layers`` (inference's compile time); the
+        per-layer modules (the checkpoint layout, training) stay as they are.
+        """
+        x = self.embeddings(input_ids, attention_mask, segments)
+        mask = attention_mask_of(attention_mask, segments)
+        if stacked_layers is not None:
+            return scan_layers(self.layers[0], stacked_layers, x, mask)
         for layer in self.layers:
-            x = layer(x, bias)
+            x = layer(x, mask)
         return x
+
+
+def stack_layers(layers: Sequence[Layer]) -> nnx.State:
+    """The blocks' parameters stacked along a new leading axis (one array per parameter kind)."""
+    states = [nnx.state(layer, nnx.Param) for layer in layers]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+def scan_layers(template: Layer, stacked: nnx.State, x: Array, mask: Array) -> Array:
+    """Apply the stacked blocks in order with ``template``'s structure (and its non-parameter state)."""
+    graphdef, _, rest = nnx.split(template, nnx.Param, ...)
+
+    def block(h: Array, params: nnx.State) -> tuple[Array, None]:
+        return nnx.merge(graphdef, params, rest)(h, mask), None
+
+    return jax.lax.scan(block, x, stacked)[0]
 
 
 class TaskHead(nnx.Module):
@@ -196,16 +273,38 @@ class MultiTaskModel(nnx.Module):
         self.lang_head = TaskHead(cfg, dtype=dtype, rngs=rngs)
 
     def pool(self, hidden: Array, attention_mask: Array) -> Array:
+        """``(batch, hidden)``: one vector per row (CLS, pooler or masked mean)."""
+        return self._pool(hidden, hidden[:, :1], attention_mask[:, None, :])[:, 0]
+
+    def _pool(self, hidden: Array, first: Array, members: Array) -> Array:
+        """``members (batch, texts, length)`` marks each text's tokens; ``first (batch, texts, hidden)``."""
         if self.cfg.pooling == "cls":
-            return hidden[:, 0]
+            return first
         if self.cfg.pooling == "pooler":
-            return self.encoder.pooler(hidden)
-        mask = attention_mask[..., None].astype(hidden.dtype)
-        return (hidden * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1)
+            return self.encoder.pooler(first)
+        weights = members.astype(hidden.dtype)
+        total = jnp.einsum("bkl,blh->bkh", weights, hidden)
+        return total / jnp.maximum(weights.sum(axis=-1, keepdims=True), 1)
 
     def __call__(self, input_ids: Array, attention_mask: Array) -> dict[str, Array]:
         hidden = self.encoder(input_ids, attention_mask)
         pooled = self.pool(hidden, attention_mask)
+        return {"bot": self.bot_head(pooled), "english": self.lang_head(pooled)}
+
+    def packed(
+        self, input_ids: Array, segments: Array, starts: Array, stacked_layers: nnx.State | None = None
+    ) -> dict[str, Array]:
+        """fp32 logits ``(batch, texts)`` of packed rows (several texts per row, inference).
+
+        ``segments (batch, length)``: 0 padding, ``k + 1`` for the row's text ``k``; ``starts
+        (batch, texts)``: the index of text ``k``'s first token (``<s>``). Each text attends only to
+        itself, counts positions from its own start and is pooled alone: its logits equal those of
+        the text scored in a row of its own. Slots beyond a row's last text give unused values.
+        """
+        hidden = self.encoder(input_ids, None, segments, stacked_layers)
+        first = jnp.take_along_axis(hidden, starts[..., None], axis=1)
+        slots = jnp.arange(1, starts.shape[1] + 1, dtype=segments.dtype)
+        pooled = self._pool(hidden, first, segments[:, None, :] == slots[None, :, None])
         return {"bot": self.bot_head(pooled), "english": self.lang_head(pooled)}
 
 

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import string
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The CLI's persistent compilation cache (on by default) goes to a throwaway folder, never ~/.cache.
+_CACHE = tempfile.mkdtemp(prefix="autext-test-xla-")
+os.environ["AUTEXT_JAX_COMPILE_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 
 from autext_jax.config import EncoderConfig, ModelConfig  # noqa: E402
 

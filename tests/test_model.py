@@ -13,7 +13,14 @@ from reference_torch import reference_from_model_config
 
 from autext_jax.config import ModelConfig
 from autext_jax.convert import to_state_dict
-from autext_jax.model import abstract_model, count_params, create_model, position_ids
+from autext_jax.model import (
+    abstract_model,
+    count_params,
+    create_model,
+    position_ids,
+    segment_positions,
+    stack_layers,
+)
 from autext_jax.scores import scores_from_logits
 
 PROB_TOL = 1e-5
@@ -123,3 +130,44 @@ def test_every_parameter_has_logical_axes_of_its_rank() -> None:
     for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         axes = variable.get_metadata().get("logical_axes")
         assert axes is not None and len(axes) == len(variable.get_value().shape), path
+
+
+def test_fused_attention_matches_explicit_softmax() -> None:
+    """``jax.nn.dot_product_attention`` (inference) and the explicit path (training dropout) agree."""
+    cfg = tiny_model_config()
+    attention = create_model(cfg, seed=4).encoder.layers[0].attention
+    attention.eval()
+    rng = np.random.default_rng(4)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, 9, 4, 8)), jnp.float32) for _ in range(3))
+    mask = jnp.asarray(rng.random((2, 1, 9, 9)) > 0.3) | jnp.eye(9, dtype=bool)
+    fused = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    explicit = attention._attention_with_dropout(q, k, v, mask)
+    np.testing.assert_allclose(np.asarray(fused), np.asarray(explicit), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean", "pooler"])
+def test_packed_scanned_forward_equals_one_text_per_row(pooling: str) -> None:
+    """Texts packed in one row, through the scanned layer stack, score as each alone (1e-6)."""
+    cfg = tiny_model_config(pooling=pooling)
+    model = create_model(cfg, seed=6)
+    model.eval()
+    lengths = [5, 17, 2, 9]
+    ids, mask = _batch(lengths, cfg.encoder.vocab_size, seed=6)
+    alone = _forward(model, ids, mask)[1]
+    row = np.concatenate([ids[i, :n] for i, n in enumerate(lengths)] + [np.ones(3, np.int32)])[None]
+    segments = np.concatenate([np.full(n, i + 1) for i, n in enumerate(lengths)] + [np.zeros(3)])[None]
+    starts = np.cumsum([0] + lengths[:-1])[None].astype(np.int32)
+    packed = nnx.jit(lambda m, *a: m.packed(*a, stack_layers(m.encoder.layers)))(
+        model, jnp.asarray(row, jnp.int32), jnp.asarray(segments, jnp.int32), jnp.asarray(starts)
+    )
+    looped = nnx.jit(lambda m, *a: m.packed(*a))(
+        model, jnp.asarray(row, jnp.int32), jnp.asarray(segments, jnp.int32), jnp.asarray(starts)
+    )
+    for name in ("bot", "english"):
+        np.testing.assert_allclose(np.asarray(packed[name])[0], np.asarray(alone[name]), atol=1e-6, rtol=0)
+        np.testing.assert_allclose(np.asarray(looped[name]), np.asarray(packed[name]), atol=1e-6, rtol=0)
+
+
+def test_segment_positions_restart_per_text() -> None:
+    segments = np.array([[1, 1, 1, 2, 2, 3, 0, 0]], dtype=np.int32)
+    np.testing.assert_array_equal(np.asarray(segment_positions(segments, 1)), [[2, 3, 4, 2, 3, 2, 1, 1]])
