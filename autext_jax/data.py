@@ -32,6 +32,7 @@ from autext_jax.sources import (
     DataUsageError,
     find_data_files,
     language_from_path,
+    quiet_progress,
     read_source,
 )
 
@@ -195,7 +196,8 @@ def load_examples(
     if format not in FORMATS:
         raise DataUsageError(f"data format {format!r} is not one of {FORMATS}")
     files = find_data_files(paths, format)
-    parts = [_normalize(read_source(path, fmt, cache_dir), path) for path, fmt in files]
+    with quiet_progress():
+        parts = [_normalize(read_source(path, fmt, cache_dir), path) for path, fmt in files]
     ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     if languages:
         ds = select_languages(ds, languages)

@@ -18,6 +18,7 @@ import json
 import os
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from autext_jax import paths, tables
@@ -153,13 +154,28 @@ def _read_table(path: str, fmt: str, cache_dir: str | None):
 
     features = datasets.Features({name: datasets.Value("string") for name in _COLUMNS})
     fingerprint = Hasher.hash([_READ_VERSION, path, fmt, _identity(path)])
-    return datasets.Dataset.from_generator(
-        _table_rows,
-        features=features,
-        gen_kwargs={"path": path, "fmt": fmt},
-        cache_dir=cache_dir,
-        fingerprint=fingerprint,
-    )
+    with quiet_progress():
+        return datasets.Dataset.from_generator(
+            _table_rows,
+            features=features,
+            gen_kwargs={"path": path, "fmt": fmt},
+            cache_dir=cache_dir,
+            fingerprint=fingerprint,
+        )
+
+
+@contextmanager
+def quiet_progress() -> Iterator[None]:
+    """No ``datasets`` progress bars for reading files: they are quick, and would precede every message."""
+    import datasets
+
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()
 
 
 def _table_rows(path: str, fmt: str) -> Iterator[dict[str, str | None]]:
