@@ -19,7 +19,10 @@ import numpy as np
 
 from autext_jax.config import COMPUTE_DTYPES, ModelConfig, check_dtype, check_threshold
 from autext_jax.engine import EngineOptions, InferenceEngine
+from autext_jax.hub import load_tokenizer
 from autext_jax.scores import scores_from_logits
+
+__all__ = ["Detector", "load", "load_tokenizer"]
 
 DTYPES = {name: jnp.dtype(name) for name in COMPUTE_DTYPES}
 
@@ -118,33 +121,6 @@ def load(
         threshold=threshold,
         options=options,
     )
-
-
-def load_tokenizer(model_dir: str | Path):
-    """The checkpoint's own tokenizer, never running code from the directory.
-
-    The class comes from ``tokenizer_config.json`` (``AutoTokenizer`` would read the published
-    ``config.json``, whose ``auto_map`` points at remote code).
-    """
-    import json
-
-    import transformers
-
-    model_dir = Path(model_dir)
-    config_path = model_dir / "tokenizer_config.json"
-    try:
-        name = json.loads(config_path.read_text()).get("tokenizer_class") if config_path.is_file() else None
-        # The class by its public name: transformers' auto-class lookup would import torch.
-        known = bool(name) and name.endswith(("Tokenizer", "TokenizerFast"))
-        tokenizer_class = getattr(transformers, name, None) if known else None
-        if tokenizer_class is not None:
-            return tokenizer_class.from_pretrained(str(model_dir))
-        return transformers.AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
-    except (OSError, ValueError, TypeError) as err:
-        raise FileNotFoundError(
-            f"cannot load a tokenizer from {model_dir} ({type(err).__name__}: {str(err)[:120]}); the "
-            "model directory needs tokenizer.json (or sentencepiece.bpe.model) and tokenizer_config.json"
-        ) from None
 
 
 def _text_list(texts: list[str]) -> list[str]:

@@ -1,69 +1,59 @@
-"""Orbax checkpoints of the training state, and the guard against resuming another config's run.
+"""Orbax checkpoints of the training state: save with errors reported at once, restore with fallback.
 
-A checkpoint holds two items: ``state`` (params, optimizer state, step, RNG key data; restored
-into an abstract target so arrays land directly in their shardings) and ``meta`` (JSON: data
-position and the run's config digest). Orbax writes each step to a temporary directory and renames
-it when complete, so a process killed mid-save leaves the previous checkpoint intact.
+A checkpoint holds two items: ``state`` (params and optimizer state; restored into an abstract
+target so arrays land directly in their shardings) and ``meta`` (JSON: data position and the run's
+config digest). Orbax writes each step to a temporary directory and renames (or, on ``gs://``,
+marks) it when complete, so a process killed mid-save leaves the previous checkpoint intact. A
+checkpoint damaged later (a file missing or truncated) is skipped with a warning: the newest intact
+one is restored instead, and the damaged ones are removed so that the run can save those steps again.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import shutil
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+import sys
+from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
-from autext_jax.errors import AutextError
+from autext_jax import paths
+from autext_jax.errors import AutextError, InputDataError, UsageError
+from autext_jax.train_config import CheckpointConfig
 
-if TYPE_CHECKING:
-    from autext_jax.config import ModelConfig
-    from autext_jax.steps import ModelLayout
+__all__ = [
+    "CheckpointConfig",
+    "Checkpointer",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "UnreadableCheckpoints",
+]
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "train_config.json"
-# Fields that may change between a run and its resumption without changing the trajectory.
-RESUMABLE_FIELDS = (
-    "allow_config_change",
-    "checkpoint.every_steps",
-    "checkpoint.keep",
-    "checkpoint.async_save",
-    "eval.every_steps",
-    "eval.batch_size",
-    "log_every",
-    "progress",
-)
+# Storage Orbax (tensorstore) can write checkpoints to; other fsspec schemes hold everything else.
+CHECKPOINT_SCHEMES = (None, "gs")
 
 
 class CheckpointMismatchError(AutextError, ValueError):
     """The workdir belongs to a run with a different configuration (or different data)."""
 
 
-@dataclass(frozen=True)
-class CheckpointConfig:
-    """Save every ``every_steps`` batches and at the end; keep the newest ``keep``."""
-
-    every_steps: int = 500
-    keep: int = 3
-    async_save: bool = True
-
-    def __post_init__(self) -> None:
-        if self.every_steps < 1:
-            raise ValueError(f"checkpoint.every_steps must be >= 1, got {self.every_steps}")
-        if self.keep < 1:
-            raise ValueError(f"checkpoint.keep must be >= 1, got {self.keep}")
+class CheckpointError(AutextError):
+    """A checkpoint could not be saved (exit 2: storage) or none of those present can be read (exit 1)."""
 
 
 class Checkpointer:
-    """Thin wrapper over ``ocp.CheckpointManager`` with the two items above."""
+    """``ocp.CheckpointManager`` with the two items above, for a local folder or a ``gs://`` URL."""
 
-    def __init__(self, directory: str | Path, cfg: CheckpointConfig):
-        self.directory = Path(directory).absolute()
+    def __init__(self, directory: str, cfg: CheckpointConfig):
+        if paths.scheme(directory) not in CHECKPOINT_SCHEMES:
+            raise UsageError(
+                f"checkpoints cannot be written to {directory}: Orbax saves to local folders and gs:// "
+                "only; pass such a --workdir"
+            )
+        self.directory = directory if paths.is_url(directory) else str(paths.local(directory).absolute())
         options = ocp.CheckpointManagerOptions(
             max_to_keep=cfg.keep,
             enable_async_checkpointing=cfg.async_save,
@@ -71,121 +61,150 @@ class Checkpointer:
             cleanup_tmp_directories=True,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
-
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        self._unchecked: int | None = None  # the step of a save whose outcome is not yet known
+        _silence_closed_loop_callbacks()
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-            force=True,
-        )
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
 
-    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-            ),
-        )
-        return restored["state"], dict(restored["meta"])
+    def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+        self.check()  # the previous save's error, if any, before starting another
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                force=True,
+            )
+        except Exception as err:  # noqa: BLE001 - storage errors come in many types; all end the run
+            # Orbax first waits for the previous save: its failure surfaces here.
+            raise self._save_error(step if self._unchecked is None else self._unchecked, err) from None
+        self._unchecked = step
+
+    def check(self) -> None:
+        """Raise ``CheckpointError`` as soon as an asynchronous save has failed (cheap when none runs)."""
+        if self._unchecked is None or self.manager.is_saving_in_progress():
+            return
+        step, self._unchecked = self._unchecked, None
+        try:
+            self.manager.check_for_errors()
+        except Exception as err:  # noqa: BLE001
+            raise self._save_error(step, err) from None
 
     def wait(self) -> None:
-        """Block until an asynchronous save has been committed."""
-        self.manager.wait_until_finished()
+        """Block until an asynchronous save has been committed; raise if it failed."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as err:  # noqa: BLE001
+            step, self._unchecked = self._unchecked, None
+            raise self._save_error(step, err) from None
+        self.check()
+
+    def wait_quietly(self) -> None:
+        """``wait`` while another error is already being raised: a save failure is only logged."""
+        try:
+            self.wait()
+        except CheckpointError as err:
+            log.debug("also: %s", err)
+
+    def _save_error(self, step: int | None, err: Exception) -> CheckpointError:
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        what = "a checkpoint" if step is None else f"the checkpoint of step {step}"
+        return CheckpointError(
+            f"saving {what} to {self.directory} failed ({reason}); check that the "
+            "storage is writable and has room, then rerun the same command to resume"
+        )
+
+    def restore_newest_intact(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
+        """The newest checkpoint that restores completely; ``None`` when there is none at all.
+
+        Every process must call this: they agree on each attempt, so all restore the same step.
+        """
+        steps = self.all_steps()
+        damaged: list[int] = []
+        for step in reversed(steps):
+            restored, error = self._try_restore(step, abstract_state)
+            if _all_processes_ok(restored is not None):
+                if damaged:
+                    self._drop_damaged(damaged, step)
+                return restored
+            log.warning(
+                "checkpoint %d in %s cannot be restored (%s); trying an older one",
+                step,
+                self.directory,
+                error or "damaged on another process",
+            )
+            damaged.append(step)
+        if steps:
+            raise UnreadableCheckpoints(
+                f"none of the checkpoints {steps} in {self.directory} can be restored (damaged); move the "
+                "workdir away to start again, or restore its files"
+            )
+        return None
+
+    def _try_restore(self, step: int, abstract_state: Any) -> tuple[Any, str]:
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                ),
+            )
+            return (restored["state"], dict(restored["meta"])), ""
+        except Exception as err:  # noqa: BLE001 - a missing or truncated file fails in many ways
+            return None, f"{type(err).__name__}: {' '.join(str(err).split())[:160]}"
+
+    def _drop_damaged(self, damaged: list[int], kept: int) -> None:
+        """Remove damaged steps (newer than ``kept``) so that the run can write them again."""
+        if jax.process_index() == 0:
+            for step in damaged:
+                paths.remove(paths.join(self.directory, str(step)), recursive=True)
+        log.warning("resuming from checkpoint %d; removed the damaged checkpoint(s) %s", kept, damaged)
+        _barrier("autext_drop_damaged")
+        self.manager.reload()
 
     def close(self) -> None:
-        self.manager.close()
+        try:
+            self.manager.close()
+        except Exception as err:  # noqa: BLE001 - a failed save was reported already (see wait)
+            log.debug("closing the checkpoint manager: %s", err)
 
 
-def config_digest(resolved: dict[str, Any]) -> str:
-    """A short hash of the trajectory-defining part of a resolved config."""
-    kept = _without(resolved, RESUMABLE_FIELDS)
-    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+class UnreadableCheckpoints(CheckpointError, InputDataError):
+    """No checkpoint in the workdir can be read (exit 1: the stored data is bad)."""
+
+    exit_code = InputDataError.exit_code
 
 
-def _without(tree: dict[str, Any], dotted: tuple[str, ...]) -> dict[str, Any]:
-    out = json.loads(json.dumps(tree))
-    for key in dotted:
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.get(part, {})
-        node.pop(leaf, None)
-    return out
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
-def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key: old → new`` for every trajectory-defining field that differs."""
-    a, b = _flatten(_without(old, RESUMABLE_FIELDS)), _flatten(_without(new, RESUMABLE_FIELDS))
-    return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-
-
-def guard_workdir(workdir: Path, resolved: dict[str, Any], has_checkpoint: bool, allow_change: bool) -> None:
-    """Refuse to resume a checkpoint written under another configuration unless explicitly allowed."""
-    path = workdir / CONFIG_FILE
-    if not has_checkpoint or not path.is_file():
+def _silence_closed_loop_callbacks() -> None:
+    """A failed save or restore leaves tensorstore callbacks aimed at Orbax's closed event loop; each
+    would print a "RuntimeError: Event loop is closed" traceback, even steps later. Only those are
+    silenced (installed once, for the rest of the process)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "autext_closed_loop_filter", False):
         return
-    try:
-        old = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointMismatchError(f"{path} is not valid JSON ({err}); move the workdir away") from None
-    diffs = config_differences(old, json.loads(json.dumps(resolved)))
-    if not diffs:
-        return
-    shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
-    if allow_change:
-        log.warning("resuming %s under a changed config (allow_config_change=true): %s", workdir, shown)
-        return
-    raise CheckpointMismatchError(
-        f"{workdir} holds a checkpoint of a different config ({shown}); use another --workdir, or "
-        "pass --set allow_config_change=true to resume it anyway"
-    )
+
+    def hook(unraisable) -> None:
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.autext_closed_loop_filter = True
+    sys.unraisablehook = hook
 
 
-def write_config(workdir: Path, resolved: dict[str, Any]) -> Path:
-    path = workdir / CONFIG_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
+def _all_processes_ok(ok: bool) -> bool:
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
-def export_model(
-    layout: ModelLayout,
-    params: dict[str, Any],
-    model_cfg: ModelConfig,
-    tokenizer_dir: Path,
-    out: Path,
-    lead: bool,
-) -> Path:
-    """Write the HF-layout export (``convert.export_checkpoint``) atomically: a temporary directory, renamed.
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
 
-    Every process must call this (gathering sharded parameters is a collective); only ``lead`` writes.
-    """
-    from autext_jax.convert import export_checkpoint
-    from autext_jax.steps import host_params, merge_model
-
-    values = host_params(params)  # a collective: every process takes part
-    if lead:
-        tmp = out.with_name(out.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model = merge_model(layout, values, train=False)
-        export_checkpoint(model, model_cfg, tmp, tokenizer_dir=tokenizer_dir)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-        log.info("exported to %s (threshold %.4f)", out, model_cfg.threshold)
-    return out
+        multihost_utils.sync_global_devices(name)

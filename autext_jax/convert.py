@@ -497,12 +497,15 @@ def load_checkpoint(
     allow_fresh: bool = False,
     seed: int = 0,
     config: ModelConfig | None = None,
+    head_settings: dict[str, Any] | None = None,
 ) -> LoadedCheckpoint:
     """Load an HF-layout directory (published, exported or encoder-only) into a ``MultiTaskModel``.
 
     ``dtype`` is the compute dtype; parameters are always float32. ``allow_fresh`` lets whole heads
     or the pooler be missing (they are initialised from ``seed`` and named in ``fresh``); otherwise
     anything missing is an error. ``config`` overrides config.json (still checked against shapes).
+    ``head_settings`` (ModelConfig fields) shape the heads of an encoder-only checkpoint, whose
+    config.json says nothing about them (e.g. mean pooling for an e5 encoder).
     The model comes back in eval mode (dropout off).
     """
     model_dir = Path(model_dir)
@@ -521,6 +524,8 @@ def load_checkpoint(
         config, encoder_only = _config_for(model_dir, shapes_by_ref)
     else:
         encoder_only = False
+    if encoder_only and head_settings:
+        config = config.replace(**head_settings)
     if encoder_only and not allow_fresh:
         raise ConversionError(
             f"{model_dir} holds an encoder-only HF checkpoint (no task heads); pass allow_fresh=True "
@@ -694,3 +699,36 @@ def copy_tokenizer_files(tokenizer_dir: str | Path, out_dir: str | Path) -> list
             shutil.copyfile(path, target)
         copied.append(target)
     return copied
+
+
+def export_model(
+    model: MultiTaskModel, config: ModelConfig, out: str | Path, *, tokenizer_dir: str | Path
+) -> str:
+    """``export_checkpoint`` to a local folder or a URL, never leaving a half-written export behind.
+
+    Locally: a temporary folder renamed into place. At a URL (``gs://``, where renames are copies): a
+    local export uploaded file by file with ``config.json`` last, so a reader that finds
+    ``config.json`` finds the whole export.
+    """
+    import tempfile
+
+    from autext_jax import paths
+
+    out = str(out)
+    if not paths.is_url(out):
+        target = paths.local(out)
+        tmp = target.with_name(target.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        export_checkpoint(model, config, tmp, tokenizer_dir=tokenizer_dir)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        return str(target)
+    with tempfile.TemporaryDirectory(prefix="autext-export-") as tmp:
+        export_checkpoint(model, config, tmp, tokenizer_dir=tokenizer_dir)
+        if paths.exists(out):
+            paths.remove(out, recursive=True)
+        files = sorted(Path(tmp).iterdir(), key=lambda p: (p.name == "config.json", p.name))
+        fs = paths.filesystem(out)
+        for file in files:
+            fs.put_file(str(file), paths.join(out, file.name))
+    return out

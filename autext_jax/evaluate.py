@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -310,6 +310,46 @@ def language_accuracy(english_labels, english_probs, languages=None) -> dict[str
 
 
 # ---- plots -----------------------------------------------------------------------------------
+
+
+def validation_metrics(
+    batches: Iterable[tuple[np.ndarray, np.ndarray]], val_ds, *, lang_loss_weight: float
+) -> dict[str, Any]:
+    """Validation losses, macro-F1 per language (at 0.5), language-head accuracy and best threshold.
+
+    ``batches`` yields ``(logits, index)`` per evaluation batch: ``(N, 2)`` [bot, english] logits and
+    the rows of ``val_ds`` they belong to (``-1`` for padding rows), gathered from every process.
+    """
+    from autext_jax.data import column_values
+    from autext_jax.scores import scores_from_logits
+
+    logits, index = zip(*batches, strict=True)
+    logits_all, index_all = np.concatenate(logits), np.concatenate(index)
+    real = index_all >= 0
+    logits_all, rows = logits_all[real], index_all[real]
+    bot = np.asarray(column_values(val_ds, "bot"), np.int64)[rows]
+    english = np.asarray(column_values(val_ds, "english"), np.int64)[rows]
+    language = np.asarray(column_values(val_ds, "language"), dtype=object)[rows]
+    scores = scores_from_logits(logits_all[:, 0], logits_all[:, 1], 0.5)
+    out: dict[str, Any] = {"rows": int(len(rows))}
+    for task, labels, column in (("bot", bot, 0), ("english", english, 1)):
+        known = labels >= 0
+        x, y = logits_all[known, column].astype(np.float64), labels[known].astype(np.float64)
+        bce = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
+        out[f"{task}_loss"] = float(bce.mean()) if known.any() else None
+    out["loss"] = (out["bot_loss"] or 0.0) + lang_loss_weight * (out["english_loss"] or 0.0)
+    has_bot = bot >= 0
+    if has_bot.any():
+        predictions = scores["is_bot"].astype(np.int64)
+        out["macro_f1"] = {"all": macro_f1(bot[has_bot], predictions[has_bot])}
+        for name in sorted(set(language[has_bot].tolist())):
+            rows_l = has_bot & (language == name)
+            out["macro_f1"][name or "unknown"] = macro_f1(bot[rows_l], predictions[rows_l])
+        if len(set(bot[has_bot].tolist())) == 2:  # tuning on one class would pick a meaningless threshold
+            threshold, best = best_threshold(bot[has_bot], scores["bot_prob"][has_bot])
+            out["best_threshold"], out["best_macro_f1"] = threshold, best
+    out["language_accuracy"] = language_accuracy(english, scores["english_prob"], language)
+    return out
 
 
 def write_plots(out_dir: Path, labels, probs, languages, threshold: float) -> list[Path]:

@@ -6,10 +6,12 @@ remote is ever executed. Offline or unreachable Hubs fail at once with a one-lin
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import autext_jax
+from autext_jax import paths
 from autext_jax.errors import AutextError
 
 DEFAULT_MODEL_DIR: Path = Path(autext_jax.__file__).parent / "assets" / "autext-jax-mini"
@@ -54,6 +56,8 @@ def resolve_model_dir(
                 "or pass a model directory or Hub id"
             )
         return DEFAULT_MODEL_DIR
+    if isinstance(model, str) and paths.is_url(model):
+        return fetch_dir(model, cache_dir)
     path = Path(model).expanduser()
     if path.is_dir():
         return path
@@ -64,6 +68,31 @@ def resolve_model_dir(
             f"model directory {model} does not exist; pass a local directory or a Hub id"
         )
     return _download(model, revision, allow_pickle, allow_code, cache_dir)
+
+
+def fetch_dir(url: str, cache_dir: str | Path | None = None) -> Path:
+    """A local copy of a model or tokenizer folder at a URL (``gs://…``): tokenizers and the
+    safetensors reader need local files. Copied once per URL; a partial copy is never reused."""
+    import hashlib
+    import shutil
+
+    if not paths.isdir(url):
+        raise ModelNotFoundError(f"{url} is not a folder (or not readable); pass a model directory URL")
+    root = Path(cache_dir or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "autext_jax" / "remote")
+    target = root.expanduser() / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+    if (target / ".complete").is_file():
+        return target
+    partial = target.with_name(target.name + f".partial{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    prefix, fs = url.rstrip("/") + "/", paths.filesystem(url)
+    for remote in paths.walk_files(url):
+        dest = partial / remote[len(prefix) :]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(remote, str(dest))  # bytes as stored (no .gz decoding)
+    (partial / ".complete").write_text(url + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
 
 
 def _download(repo_id: str, revision, allow_pickle: bool, allow_code: bool, cache_dir) -> Path:
@@ -96,3 +125,30 @@ def _reason(err: Exception) -> str:
         return "HF_HUB_OFFLINE is set and it is not in the local cache"
     first = str(err).strip().split("\n")[0].split(". ")[0]
     return f"{type(err).__name__}: {first[:160]}"
+
+
+def load_tokenizer(model_dir: str | Path):
+    """The checkpoint's own tokenizer, never running code from the directory.
+
+    The class comes from ``tokenizer_config.json`` (``AutoTokenizer`` would read the published
+    ``config.json``, whose ``auto_map`` points at remote code).
+    """
+    import json
+
+    import transformers
+
+    model_dir = Path(model_dir)
+    config_path = model_dir / "tokenizer_config.json"
+    try:
+        name = json.loads(config_path.read_text()).get("tokenizer_class") if config_path.is_file() else None
+        # The class by its public name: transformers' auto-class lookup would import torch.
+        known = bool(name) and name.endswith(("Tokenizer", "TokenizerFast"))
+        tokenizer_class = getattr(transformers, name, None) if known else None
+        if tokenizer_class is not None:
+            return tokenizer_class.from_pretrained(str(model_dir))
+        return transformers.AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+    except (OSError, ValueError, TypeError) as err:
+        raise FileNotFoundError(
+            f"cannot load a tokenizer from {model_dir} ({type(err).__name__}: {str(err)[:120]}); the "
+            "model directory needs tokenizer.json (or sentencepiece.bpe.model) and tokenizer_config.json"
+        ) from None

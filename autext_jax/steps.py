@@ -1,10 +1,10 @@
 """The jitted train and eval steps, the multi-task loss, and the sharded training state.
 
-The training state is a plain pytree ``{"params", "opt_state", "step", "rng"}`` where ``params`` is a
-flat ``{"encoder/layers/0/attention/query/kernel": array}`` dict: flat string keys keep Orbax,
-Optax masks and sharding tables simple. The NNX module is rebuilt inside the traced function from
-the static ``ModelLayout``. Dropout keys are ``fold_in(rng, step)``, so a resumed run draws exactly
-the masks an uninterrupted one would have.
+The training state is a plain pytree ``{"params", "opt_state"}`` where ``params`` is a flat
+``{"encoder/layers/0/attention/query/kernel": array}`` dict: flat string keys keep Orbax, Optax masks
+and sharding tables simple. The NNX module is rebuilt inside the traced function from the static
+``ModelLayout``. The dropout key is an argument of each step (``dropout_key(seed, step)``), not
+state, so a resumed run draws exactly the masks an uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ BATCH_KEYS = ("input_ids", "attention_mask", "bot", "english", "bot_mask", "engl
 TOKEN_KEYS = ("input_ids", "attention_mask")  # (rows, length) int32; the others are (rows,) float32
 
 Params = dict[str, jax.Array]
-_KEY_DATA = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
 State = dict[str, Any]
+
+
+def dropout_key(seed: int, step: int) -> np.ndarray:
+    """Raw key data of the dropout key for batch ``step`` (a pure function of the seed and the step)."""
+    return np.asarray(jax.random.key_data(jax.random.fold_in(jax.random.key(seed), step)))
 
 
 def flat_name(path: tuple) -> str:
@@ -138,16 +142,20 @@ class TrainSteps:
         self.param_shardings = shd.tree_shardings(layout.shapes, layout.logical_axes, mesh)
         self.replicated = shd.replicated(mesh)
         self.batch_shardings = {k: shd.batch_sharding(mesh) for k in BATCH_KEYS}
-        abstract_opt = jax.eval_shape(optimizer.init, self._abstract_params())
-        self.state_shardings = {
-            "params": self.param_shardings,
-            "opt_state": self._opt_shardings(abstract_opt),
-            "step": self.replicated,
-            "rng": self.replicated,
-        }
+        self.abstract_opt = jax.eval_shape(optimizer.init, self._abstract_params())
+        # Leaves that mirror a parameter (moments, accumulators) take its sharding; the rest (counts) is
+        # replicated. Optax knows which is which; names and shapes would only guess.
+        opt_shardings = optax.tree_map_params(
+            optimizer,
+            lambda _, sharding: sharding,
+            self.abstract_opt,
+            self.param_shardings,
+            transform_non_params=lambda _: self.replicated,
+        )
+        self.state_shardings = {"params": self.param_shardings, "opt_state": opt_shardings}
         self.train_step = jax.jit(
             self._train_step,
-            in_shardings=(self.state_shardings, self.batch_shardings),
+            in_shardings=(self.state_shardings, self.batch_shardings, self.replicated),
             out_shardings=(self.state_shardings, self.replicated),
             donate_argnums=(0,),
         )
@@ -163,18 +171,6 @@ class TrainSteps:
             n: jax.ShapeDtypeStruct(s, jnp.float32, sharding=self.param_shardings[n])
             for n, s in self.layout.shapes.items()
         }
-
-    def _opt_shardings(self, abstract_opt: Any) -> Any:
-        """Optimizer leaves that mirror a parameter (moments, accumulators) share its sharding."""
-
-        def pick(path, leaf):
-            last = path[-1] if path else None
-            name = getattr(last, "key", None)
-            if name in self.param_shardings and tuple(leaf.shape) == self.layout.shapes[name]:
-                return self.param_shardings[name]
-            return self.replicated
-
-        return jax.tree_util.tree_map_with_path(pick, abstract_opt)
 
     # ---- state ---------------------------------------------------------------------------------
 
@@ -198,32 +194,23 @@ class TrainSteps:
             for n in self.layout.shapes
         }
 
-    def init_state(self, params: Params, *, seed: int) -> State:
-        """Fresh optimizer state (sharded like the parameters), step 0 and the dropout RNG from ``seed``."""
+    def init_state(self, params: Params) -> State:
+        """Parameters with a fresh optimizer state (sharded like the parameters)."""
         opt_state = jax.jit(self.optimizer.init, out_shardings=self.state_shardings["opt_state"])(params)
-        rng = np.asarray(jax.random.key_data(jax.random.key(seed)))
-        return {
-            "params": params,
-            "opt_state": opt_state,
-            "step": _place(np.int32(0), self.replicated),
-            "rng": _place(rng, self.replicated),
-        }
+        return {"params": params, "opt_state": opt_state}
 
     def abstract_state(self) -> State:
         """Shapes, dtypes and shardings of the state: the target for restoring a checkpoint."""
-        abstract_params = self._abstract_params()
-        opt = jax.eval_shape(self.optimizer.init, abstract_params)
         opt = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            opt,
+            self.abstract_opt,
             self.state_shardings["opt_state"],
         )
-        return {
-            "params": abstract_params,
-            "opt_state": opt,
-            "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=self.replicated),
-            "rng": jax.ShapeDtypeStruct(_KEY_DATA.shape, _KEY_DATA.dtype, sharding=self.replicated),
-        }
+        return {"params": self._abstract_params(), "opt_state": opt}
+
+    def dropout_key(self, seed: int, step: int) -> jax.Array:
+        """The replicated dropout key argument of ``train_step`` for batch ``step``."""
+        return _place(dropout_key(seed, step), self.replicated)
 
     def abstract_batch(self, rows: int, length: int) -> dict[str, jax.ShapeDtypeStruct]:
         """A global batch's shapes as ``BatchStream`` yields it: to lower the steps without data (``aot``)."""
@@ -242,12 +229,12 @@ class TrainSteps:
 
     # ---- steps ---------------------------------------------------------------------------------
 
-    def _train_step(self, state: State, batch: Mapping[str, jax.Array]) -> tuple[State, dict[str, jax.Array]]:
-        dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-
+    def _train_step(
+        self, state: State, batch: Mapping[str, jax.Array], key_data: jax.Array
+    ) -> tuple[State, dict[str, jax.Array]]:
         def loss_fn(params: Params):
             model = merge_model(self.layout, params, train=True)
-            nnx.reseed(model, dropout=dropout_key)
+            nnx.reseed(model, dropout=jax.random.wrap_key_data(key_data))
             logits = model(batch["input_ids"], batch["attention_mask"])
             return multitask_loss(logits, batch, self.lang_loss_weight)
 
@@ -260,8 +247,7 @@ class TrainSteps:
             "grad_norm": optax.tree.norm(grads),
             "tokens": jnp.sum(batch["attention_mask"]),
         }
-        new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
-        return new_state, metrics
+        return {"params": params, "opt_state": opt_state}, metrics
 
     def _eval_step(self, params: Params, batch: Mapping[str, jax.Array]) -> jax.Array:
         model = merge_model(self.layout, params, train=False)
@@ -273,70 +259,15 @@ class TrainSteps:
         out = self.eval_step(params, self.global_batch(local))
         return np.asarray(multihost_utils.process_allgather(out, tiled=True))
 
+    def eval_outputs(self, params: Params, local: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """``(logits, index)`` of one evaluation batch for every process's rows, on every host."""
+        index = local["index"]
+        if jax.process_count() > 1:
+            index = np.asarray(multihost_utils.process_allgather(index, tiled=True))
+        return self.eval_logits(params, local), index
+
 
 def host_params(params: Params) -> dict[str, np.ndarray]:
     """Full parameter values on this host (gathers shards from every process)."""
     gathered = multihost_utils.process_allgather(params, tiled=True)
     return {n: np.asarray(v) for n, v in gathered.items()}
-
-
-def validation_metrics(
-    steps: TrainSteps,
-    params: Params,
-    val_ds,
-    *,
-    batch_size: int,
-    buckets,
-    pad_id: int,
-    lang_loss_weight: float,
-) -> dict[str, Any]:
-    """Validation losses, macro-F1 per language (at 0.5), language-head accuracy and best threshold."""
-    from autext_jax.data import column_values, eval_batches
-    from autext_jax.evaluate import best_threshold, language_accuracy, macro_f1
-    from autext_jax.scores import scores_from_logits
-
-    logits, index = [], []
-    for local in eval_batches(
-        val_ds,
-        global_batch_size=batch_size,
-        buckets=buckets,
-        pad_id=pad_id,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    ):
-        logits.append(steps.eval_logits(params, local))
-        index.append(_allgather_host(local["index"]))
-    logits_all, index_all = np.concatenate(logits), np.concatenate(index)
-    real = index_all >= 0
-    logits_all, rows = logits_all[real], index_all[real]
-    bot = np.asarray(column_values(val_ds, "bot"), np.int64)[rows]
-    english = np.asarray(column_values(val_ds, "english"), np.int64)[rows]
-    language = np.asarray(column_values(val_ds, "language"), dtype=object)[rows]
-    scores = scores_from_logits(logits_all[:, 0], logits_all[:, 1], 0.5)
-    out: dict[str, Any] = {"rows": int(len(rows))}
-    for task, labels, column in (("bot", bot, 0), ("english", english, 1)):
-        known = labels >= 0
-        x, y = logits_all[known, column].astype(np.float64), labels[known].astype(np.float64)
-        bce = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
-        out[f"{task}_loss"] = float(bce.mean()) if known.any() else None
-    out["loss"] = (out["bot_loss"] or 0.0) + lang_loss_weight * (out["english_loss"] or 0.0)
-    has_bot = bot >= 0
-    if has_bot.any():
-        predictions = scores["is_bot"].astype(np.int64)
-        out["macro_f1"] = {"all": macro_f1(bot[has_bot], predictions[has_bot])}
-        for name in sorted(set(language[has_bot].tolist())):
-            rows_l = has_bot & (language == name)
-            out["macro_f1"][name or "unknown"] = macro_f1(bot[rows_l], predictions[rows_l])
-        if len(set(bot[has_bot].tolist())) == 2:  # tuning on one class would pick a meaningless threshold
-            threshold, best = best_threshold(bot[has_bot], scores["bot_prob"][has_bot])
-            out["best_threshold"], out["best_macro_f1"] = threshold, best
-    out["language_accuracy"] = language_accuracy(english, scores["english_prob"], language)
-    return out
-
-
-def _allgather_host(array: np.ndarray) -> np.ndarray:
-    if jax.process_count() == 1:
-        return array
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(array, tiled=True))

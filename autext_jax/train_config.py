@@ -16,13 +16,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autext_jax.checkpointing import CheckpointConfig
 from autext_jax.config import COMPUTE_DTYPES, ConfigError, ModelConfig
 from autext_jax.data import DataConfig
 from autext_jax.optim import OptimizerConfig
 from autext_jax.sharding import MeshConfig
 
 DTYPES = COMPUTE_DTYPES
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Save every ``every_steps`` batches and at the end; keep the newest ``keep``.
+
+    ``stop_check_every``: how often (in batches) the processes of a multi-process run agree whether
+    one of them was asked to stop (SIGTERM/SIGINT); each check is a small all-gather.
+    """
+
+    every_steps: int = 500
+    keep: int = 3
+    async_save: bool = True
+    stop_check_every: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("every_steps", "keep", "stop_check_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"checkpoint.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50
     progress: bool = True
+    tensorboard: bool = True  # scalars as TensorBoard event files in WORKDIR/tensorboard
     allow_config_change: bool = False
 
     def __post_init__(self) -> None:

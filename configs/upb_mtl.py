@@ -29,12 +29,11 @@ i.e. about 1.1 GB in fp32 plus 2.2 GB of Adam moments.
 
 from pathlib import Path
 
-from autext_jax.checkpointing import CheckpointConfig
 from autext_jax.config import ModelConfig
 from autext_jax.data import DataConfig
 from autext_jax.optim import OptimizerConfig
 from autext_jax.sharding import MeshConfig
-from autext_jax.train_config import EvalConfig, TrainConfig
+from autext_jax.train_config import CheckpointConfig, EvalConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / ".." / "shared" / "data" / "autextification" / "subtask_1"

@@ -134,3 +134,27 @@ def test_accumulation_averages_micro_batches():
 def test_bad_optimizer_settings_are_rejected(changes, message):
     with pytest.raises(OptimizerConfigError, match=message):
         OptimizerConfig(**changes)
+
+
+@pytest.mark.parametrize("accum", [1, 3])
+def test_optimizer_state_takes_the_parameter_shardings(tiny_config, accum):
+    """Moments (and accumulated gradients) mirror a parameter and share its sharding; counts replicate."""
+    import jax
+
+    from autext_jax import sharding as shd
+    from autext_jax.model import abstract_model
+    from autext_jax.steps import TrainSteps, describe_model
+
+    layout, _ = describe_model(abstract_model(tiny_config))
+    cfg = OptimizerConfig(layer_decay=0.8, grad_accum_steps=accum)
+    tx = build_optimizer(cfg, layout.names, tiny_config.encoder.num_layers, 10)
+    mesh = shd.make_mesh(shd.MeshConfig(), jax.devices()[:1])
+    steps = TrainSteps(layout, tx, mesh)
+    flat = jax.tree_util.tree_flatten_with_path(steps.state_shardings["opt_state"])[0]
+    mirrored = [(path, s) for path, s in flat if getattr(path[-1], "key", None) in steps.param_shardings]
+    # mu and nu of Adam, plus MultiSteps' accumulated gradients when accumulating.
+    assert len(mirrored) == len(layout.names) * (2 if accum == 1 else 3)
+    for path, sharding in mirrored:
+        assert sharding is steps.param_shardings[path[-1].key], path
+    others = [s for path, s in flat if getattr(path[-1], "key", None) not in steps.param_shardings]
+    assert others and all(s is steps.replicated for s in others)

@@ -255,10 +255,10 @@ def _worker(out_dir: Path) -> None:
         mesh = shd.make_mesh(shd.MeshConfig(data, fsdp, tensor), devices)
         tx = optim.build_optimizer(opt_cfg, layout.names, cfg.encoder.num_layers, total_batches=3)
         train = steps.TrainSteps(layout, tx, mesh, lang_loss_weight=0.5)
-        state = train.init_state(train.place_params(init), seed=7)
+        state = train.init_state(train.place_params(init))
         losses = []
-        for batch in batches:
-            state, metrics = train.train_step(state, train.global_batch(batch))
+        for i, batch in enumerate(batches):
+            state, metrics = train.train_step(state, train.global_batch(batch), train.dropout_key(7, i))
             losses.append(float(metrics["loss"]))
         qkv = state["params"]["encoder/layers/0/attention/query/kernel"]
         spec = [str(s) for s in qkv.sharding.spec]

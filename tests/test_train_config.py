@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from autext_jax.checkpointing import CheckpointMismatchError, config_differences, guard_workdir, write_config
+from autext_jax.checkpointing import CheckpointMismatchError
 from autext_jax.config import ConfigError
+from autext_jax.rundir import config_differences, guard_config, write_config
 from autext_jax.steps import bce_with_logits, multitask_loss
 from autext_jax.train_config import TrainConfig, apply_overrides, load_config_file
 
@@ -90,13 +91,22 @@ def test_config_file_errors(tmp_path):
 
 def test_workdir_guard(tmp_path):
     old = load_config_file(CONFIGS / "tiny.py").to_json()
-    write_config(tmp_path, old)
+    write_config(str(tmp_path), old)
     new = apply_overrides(load_config_file(CONFIGS / "tiny.py"), ["seed=1", "checkpoint.every_steps=3"])
     assert config_differences(old, new.to_json()) == ["seed: 0 → 1"]  # checkpoint cadence is resumable
     with pytest.raises(CheckpointMismatchError, match="seed: 0 → 1.*allow_config_change=true"):
-        guard_workdir(tmp_path, new.to_json(), has_checkpoint=True, allow_change=False)
-    guard_workdir(tmp_path, new.to_json(), has_checkpoint=True, allow_change=True)
-    guard_workdir(tmp_path, new.to_json(), has_checkpoint=False, allow_change=False)  # nothing to resume
+        guard_config(str(tmp_path), new.to_json(), has_checkpoint=True, allow_change=False)
+    guard_config(str(tmp_path), new.to_json(), has_checkpoint=True, allow_change=True)
+    guard_config(str(tmp_path), new.to_json(), has_checkpoint=False, allow_change=False)  # nothing to resume
+
+
+def test_config_modules_do_not_import_orbax():
+    import subprocess
+    import sys
+
+    code = "import sys, autext_jax.train_config; print('orbax' in ' '.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_loss_is_masked_bce_per_task():

@@ -78,13 +78,21 @@ def test_init_from_our_layout_keeps_every_weight(tiny_model_dir, train_log):
     assert prepared.cfg.model == prepared.model_cfg == load_checkpoint(tiny_model_dir).config
 
 
-def test_init_from_encoder_only_checkpoint_starts_fresh_heads(tiny_model_dir, tmp_path, train_log):
+def test_init_from_encoder_only_checkpoint_starts_fresh_heads(
+    tiny_model_dir, tmp_path, train_log, monkeypatch
+):
     from safetensors.numpy import load_file
+
+    from autext_jax import convert
 
     enc_dir = _encoder_only_dir(tiny_model_dir, tmp_path / "encoder_only")
     cfg = _tiny(init=str(enc_dir))
     cfg = cfg.replace(model=cfg.model.replace(pooling="mean", hidden_nodes=5))
+    loads = []
+    real_load = convert.load_checkpoint
+    monkeypatch.setattr(convert, "load_checkpoint", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     prepared = train.prepare_model(cfg)
+    assert len(loads) == 1  # the checkpoint is read once, heads shaped by the config from the start
     note = prepared.fresh_note  # logged as a warning when the run starts (not when it resumes)
     assert "bot_head" in note and "lang_head" in note and "initialised fresh" in note
     assert prepared.model_cfg.pooling == "mean" and prepared.model_cfg.hidden_nodes == 5

@@ -107,11 +107,12 @@ def bench(name: str, args: argparse.Namespace, peak: float) -> Result:
         OptimizerConfig(learning_rate=1e-5, warmup_steps=0), layout.names, cfg.encoder.num_layers, 1000
     )
     steps = TrainSteps(layout, tx, mesh)
-    state = steps.init_state(steps.init_params(cfg, seed=0, dtype=dtype), seed=0)
+    state = steps.init_state(steps.init_params(cfg, seed=0, dtype=dtype))
+    key = steps.dropout_key(0, 0)  # one dropout key for every timed step: the shapes are what matter
     batch = steps.global_batch(synthetic_batch(args.batch, args.length, cfg.encoder.vocab_size))
 
     start = time.perf_counter()
-    compiled = steps.train_step.lower(state, batch).compile()
+    compiled = steps.train_step.lower(state, batch, key).compile()
     compile_s = time.perf_counter() - start
     xla_flops = None
     try:
@@ -121,12 +122,12 @@ def bench(name: str, args: argparse.Namespace, peak: float) -> Result:
     except Exception:  # cost analysis is optional on some backends
         xla_flops = None
     for _ in range(args.warmup):
-        state, metrics = steps.train_step(state, batch)
+        state, metrics = steps.train_step(state, batch, key)
     jax.block_until_ready(metrics["loss"]) if args.warmup else None
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
-        state, metrics = steps.train_step(state, batch)
+        state, metrics = steps.train_step(state, batch, key)
         jax.block_until_ready(metrics["loss"])
         times.append(time.perf_counter() - start)
     if not np.isfinite(float(metrics["loss"])):
