@@ -282,7 +282,8 @@ def compile_steps(cfg, devices: list[Any]) -> list[StepReport]:
     state = steps.abstract_state()
     log.info("compiling for %d devices, mesh %s, %d-token batches", mesh.size, dict(mesh.shape), length)
     train_rows, eval_rows = cfg.batch_size, cfg.eval.batch_size
-    train = _compile("train", steps.train_step.lower(state, steps.abstract_batch(train_rows, length)))
+    train_batch = steps.abstract_batch(train_rows, length)
+    train = _compile("train", steps.train_step.lower(state, train_batch, steps.abstract_dropout_key()))
     evaluate = _compile(
         "eval", steps.eval_step.lower(state["params"], steps.abstract_batch(eval_rows, length))
     )

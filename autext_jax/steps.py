@@ -212,6 +212,11 @@ class TrainSteps:
         """The replicated dropout key argument of ``train_step`` for batch ``step``."""
         return _place(dropout_key(seed, step), self.replicated)
 
+    def abstract_dropout_key(self) -> jax.ShapeDtypeStruct:
+        """The dropout key argument's shape, dtype and sharding: to lower ``train_step`` (``aot``)."""
+        data = dropout_key(0, 0)  # a few bytes on the host; only its shape and dtype are kept
+        return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=self.replicated)
+
     def abstract_batch(self, rows: int, length: int) -> dict[str, jax.ShapeDtypeStruct]:
         """A global batch's shapes as ``BatchStream`` yields it: to lower the steps without data (``aot``)."""
         return {

@@ -30,7 +30,7 @@ from autext_jax import cli, paths
 from autext_jax import sharding as shd
 from autext_jax.checkpointing import Checkpointer, CheckpointMismatchError
 from autext_jax.config import ConfigError, ModelConfig
-from autext_jax.errors import TrainingDiverged, UsageError
+from autext_jax.errors import UsageError
 from autext_jax.hooks import EvalHook, Hook, LogHook, SaveHook, StopHook
 from autext_jax.metric_writers import METRICS_FILE, MetricWriters
 from autext_jax.optim import build_optimizer, current_lr
