@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from autext_jax import batching
+from autext_jax import batching, paths
 from autext_jax.model import stack_layers
 
 log = logging.getLogger(__name__)
@@ -101,22 +101,27 @@ def default_cache_dir() -> Path | None:
     return Path(base).expanduser() / "autext-jax" / "xla"
 
 
-def enable_compile_cache(directory: str | Path) -> Path | None:
+def enable_compile_cache(directory: str | Path) -> str | None:
     """Persist XLA executables in ``directory`` so later runs skip compiling the same shapes.
 
-    A cache that cannot be used (a file, a read-only folder) logs one warning and returns ``None``:
-    scoring goes on, compiling as usual. Unreadable entries are recompiled (JAX warns).
+    A local cache that cannot be used (a file, a read-only folder) logs one warning and returns
+    ``None``: the run goes on, compiling as usual. Unreadable entries are recompiled (JAX warns). A URL
+    (``gs://``, for training on Cloud TPU) is handed to JAX as it is: JAX reads and writes it itself.
     """
-    path = Path(directory).expanduser()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".autext-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        log.warning("compile cache %s unusable (%s); compiling without it", path, err.strerror or err)
-        return None
-    jax.config.update("jax_compilation_cache_dir", str(path))
+    if paths.is_url(directory):
+        path = str(directory)
+    else:
+        local = Path(directory).expanduser().absolute()
+        try:
+            local.mkdir(parents=True, exist_ok=True)
+            probe = local / f".autext-write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            log.warning("compile cache %s unusable (%s); compiling without it", local, err.strerror or err)
+            return None
+        path = str(local)
+    jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     _reset_jax_cache()

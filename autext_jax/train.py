@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from autext_jax import cli, paths
+from autext_jax import cli, engine, paths
 from autext_jax import sharding as shd
 from autext_jax.checkpointing import Checkpointer, CheckpointMismatchError
 from autext_jax.config import ConfigError, ModelConfig
@@ -460,15 +460,6 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     return apply_overrides(load_config_file(args.config), overrides)
 
 
-def enable_compile_cache(directory: str) -> None:
-    """JAX's persistent cache in ``directory`` (JAX writes URLs itself, so none is made locally)."""
-    if not paths.is_url(directory):
-        paths.makedirs(directory)
-        directory = str(paths.local(directory).absolute())
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     return cli.main(parser.prog, parser, _main, argv)
@@ -503,7 +494,7 @@ def _main(args: argparse.Namespace) -> int:
     # Other processes of a multi-process run keep to warnings: a pod's log is not repeated per host.
     cli.setup_logging("train", timestamps=True, primary=jax.process_index() == 0)
     if args.compile_cache:
-        enable_compile_cache(args.compile_cache)
+        engine.enable_compile_cache(args.compile_cache)
     cfg = resolve_config(args)
     if args.batch_per_device is not None:
         total = shd.global_batch_size(args.batch_per_device, cfg.mesh, jax.device_count())
