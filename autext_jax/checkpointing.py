@@ -89,6 +89,9 @@ class Checkpointer:
             return
         step, self._unchecked = self._unchecked, None
         try:
+            # Nothing is writing any more, so this returns at once; it also finalises the save (Orbax
+            # writes the commit marker then), whose failure would otherwise surface one save later.
+            self.manager.wait_until_finished()
             self.manager.check_for_errors()
         except Exception as err:  # noqa: BLE001
             raise self._save_error(step, err) from None
