@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.extend.core import Var
 
 from autext_jax.config import EncoderConfig, ModelConfig, read_json_object
 from autext_jax.errors import EXIT_USAGE, InputDataError
@@ -536,7 +537,7 @@ def load_checkpoint(
     rules = tensor_rules(config)
     by_ref, fresh = _match_rules(layout, explicit, rules, config, allow_fresh, model_dir)
 
-    graphdef, params, _ = nnx.split(abstract_model(config, dtype=dtype), nnx.Param, ...)
+    graphdef, params, rest, fresh_values = _skeleton(config, dtype, seed, tuple(fresh))
     want = expected_shapes(config, params)
     bad = [
         f"{file_key} {source.shapes[file_key]} (expected {want[ref]})"
@@ -554,7 +555,6 @@ def load_checkpoint(
             f"{'/'.join(FLOAT_DTYPES)}"
         )
 
-    rest, fresh_values = _materialise_rest(config, dtype, seed, tuple(fresh))
     values: dict[tuple, jax.Array] = dict(fresh_values)
     ref_of_file = {k: ref for ref, k in by_ref.items()}
     non_finite = []
@@ -600,6 +600,48 @@ def expected_shapes(cfg: ModelConfig, params: nnx.State | None = None) -> dict[s
         key: shapes[rule.path][::-1] if rule.transpose else shapes[rule.path]
         for key, rule in tensor_rules(cfg).items()
     }
+
+
+def _skeleton(cfg: ModelConfig, dtype, seed: int, fresh: tuple[str, ...]):
+    """Graph, abstract parameters, RNG state and ``fresh`` parts' parameters of a model seeded with ``seed``.
+
+    With nothing fresh (every scoring load) one trace of the initialiser gives the structure and the RNG
+    state is computed from that trace alone, with no compilation (see ``_rng_state``).
+    """
+    if fresh:
+        graphdef, params, _ = nnx.split(abstract_model(cfg, dtype=dtype), nnx.Param, ...)
+        rest, fresh_values = _materialise_rest(cfg, dtype, seed, fresh)
+        return graphdef, params, rest, fresh_values
+    graphdef, params, rest = _rng_state(cfg, dtype, seed)
+    return graphdef, params, rest, {}
+
+
+def _rng_state(cfg: ModelConfig, dtype, seed: int):
+    """Graph, abstract parameters and concrete non-parameter (RNG) state of ``create_model(cfg, seed)``.
+
+    The RNG keys are a few ``fold_in`` steps from the seeds; evaluating just the traced equations that
+    lead to them (op by op, integer maths only) gives the same bits as running the whole initialiser
+    under ``jit``, without compiling it or computing a single weight.
+    """
+    graph = {}
+
+    def build():
+        graph["def"], params, rest = nnx.split(create_model(cfg, seed=seed, dtype=dtype), nnx.Param, ...)
+        return params, rest
+
+    closed, (params, rest) = jax.make_jaxpr(build, return_shape=True)()
+    jaxpr = closed.jaxpr
+    n_params = len(jax.tree.leaves(params))
+    wanted = jaxpr.outvars[n_params:]
+    needed = {v for v in wanted if isinstance(v, Var)}
+    eqns = []
+    for eqn in reversed(jaxpr.eqns):  # dead-code elimination: keep what the RNG state depends on
+        if any(v in needed for v in eqn.outvars):
+            eqns.append(eqn)
+            needed.update(v for v in eqn.invars if isinstance(v, Var))
+    pruned = jaxpr.replace(outvars=wanted, eqns=eqns[::-1])
+    values = jax.core.eval_jaxpr(pruned, closed.consts)
+    return graph["def"], params, jax.tree.unflatten(jax.tree.structure(rest), values)
 
 
 def _materialise_rest(cfg: ModelConfig, dtype, seed: int, fresh: tuple[str, ...]):
