@@ -640,7 +640,7 @@ def _rng_state(cfg: ModelConfig, dtype, seed: int):
             eqns.append(eqn)
             needed.update(v for v in eqn.invars if isinstance(v, Var))
     pruned = jaxpr.replace(outvars=wanted, eqns=eqns[::-1])
-    values = jax.core.eval_jaxpr(pruned, closed.consts)
+    values = jax.device_put(jax.core.eval_jaxpr(pruned, closed.consts))  # literal counts → arrays too
     return graph["def"], params, jax.tree.unflatten(jax.tree.structure(rest), values)
 
 

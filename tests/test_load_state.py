@@ -17,6 +17,7 @@ def _flat(state: nnx.State) -> dict[tuple, tuple[str, str, dict, np.ndarray]]:
     out = {}
     for path, var in nnx.to_flat_state(state):
         value = var.get_value()
+        assert isinstance(value, jax.Array), (path, type(value))
         dtype = str(value.dtype)
         if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
             value = jax.random.key_data(value)
