@@ -365,5 +365,20 @@ def _report(log: logging.Logger, detector, count: int, seconds: float, cache_dir
     )
 
 
+def exit_fast(code: int) -> None:
+    """End the process once every output is flushed, skipping the interpreter's teardown.
+
+    Freeing XLA's client, executables and arrays object by object takes ≈0.2 s, a tenth of a short
+    run. If a final flush fails (a closed pipe, a full disk) the ordinary exit reports it as before.
+    """
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        sys.exit(code)
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_fast(main())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -89,3 +91,18 @@ def test_checkpoint_without_heads_keeps_its_state(tmp_path, tiny_model_dir, tiny
     full = load_checkpoint(tiny_model_dir, seed=5).model
     encoder = nnx.state(loaded.model.encoder, nnx.Param)
     _assert_same(encoder, nnx.state(full.encoder, nnx.Param))
+
+
+def test_scoring_command_imports_no_training_stack_and_flushes(tiny_model_dir) -> None:
+    """The README's command in a fresh process: records complete on a pipe, no training modules."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-X", "importtime", "-m", "autext_jax.infer", "--model", str(tiny_model_dir)]
+    done = subprocess.run(command + ["One text.", "Otro texto."], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [json.loads(line)["id"] for line in done.stdout.splitlines()] == [0, 1]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "autext_jax.engine" in imported  # the log really lists imports
+    heavy = {"orbax", "datasets", "matplotlib", "torch", "tensorflow", "pandas", "autext_jax.train"}
+    assert not heavy & imported
