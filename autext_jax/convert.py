@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.extend.core import Var
+from jax.extend.core import ClosedJaxpr, Var, jaxpr_as_fun
 
 from autext_jax.config import EncoderConfig, ModelConfig, read_json_object
 from autext_jax.errors import EXIT_USAGE, InputDataError
@@ -639,8 +639,8 @@ def _rng_state(cfg: ModelConfig, dtype, seed: int):
         if any(v in needed for v in eqn.outvars):
             eqns.append(eqn)
             needed.update(v for v in eqn.invars if isinstance(v, Var))
-    pruned = jaxpr.replace(outvars=wanted, eqns=eqns[::-1])
-    values = jax.device_put(jax.core.eval_jaxpr(pruned, closed.consts))  # literal counts → arrays too
+    pruned = ClosedJaxpr(jaxpr.replace(outvars=wanted, eqns=eqns[::-1]), closed.consts)
+    values = jax.device_put(jaxpr_as_fun(pruned)())  # op by op, no compilation; literal counts → arrays too
     return graph["def"], params, jax.tree.unflatten(jax.tree.structure(rest), values)
 
 
