@@ -111,8 +111,12 @@ def load_config_file(path: str | Path) -> TrainConfig:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
+    except SyntaxError as err:
+        raise ConfigError(f"{path}:{err.lineno}: syntax error ({err.msg}) in the config file") from None
     except (ValueError, TypeError) as err:  # a config dataclass rejected its values
         raise ConfigError(f"{path}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - the user's own file failed to run (a NameError, an import, ...)
+        raise ConfigError(f"{path}: the config file failed to run: {type(err).__name__}: {err}") from None
     getter = getattr(module, "get_config", None)
     if not callable(getter):
         raise ConfigError(f"{path} defines no get_config() function")

@@ -132,3 +132,17 @@ def test_loss_is_masked_bce_per_task():
     _, parts = multitask_loss(logits, empty, 1.0)
     assert float(parts["english_loss"]) == 0.0
     assert np.isfinite(np.asarray(bce_with_logits(jnp.array([-100.0, 100.0]), jnp.array([1.0, 0.0])))).all()
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("def get_config(:\n", ":1: syntax error"),
+        ("from nowhere_at_all import x\n", "failed to run: ModuleNotFoundError"),
+    ],
+)
+def test_a_broken_config_file_is_one_line(tmp_path, source, message):
+    path = tmp_path / "broken.py"
+    path.write_text(source)
+    with pytest.raises(ConfigError, match=message):
+        load_config_file(path)
