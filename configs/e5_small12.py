@@ -16,38 +16,19 @@ What changed from ``configs/mini.py`` (6 layers, 1,000 + 672 steps in two stages
 The validation split is only used for that curve and for tuning the threshold at the end.
 """
 
+from dataclasses import replace
 from pathlib import Path
 
-from autext_jax.config import ModelConfig
-from autext_jax.data import DataConfig
-from autext_jax.optim import OptimizerConfig
-from autext_jax.sharding import MeshConfig
-from autext_jax.train_config import CheckpointConfig, EvalConfig, TrainConfig
-
-REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / ".." / "shared" / "data" / "autextification" / "subtask_1"
+from autext_jax.train_config import TrainConfig, load_config_file
 
 
 def get_config() -> TrainConfig:
-    return TrainConfig(
-        model=ModelConfig(hidden_nodes=64, pooling="mean", head_activation="relu", head_dropout=0.1),
-        data=DataConfig(paths=(str(DATA),), max_length=128, val_fraction=0.1, languages=("en", "es")),
-        optimizer=OptimizerConfig(
-            learning_rate=5e-5,
-            warmup_fraction=0.06,
-            weight_decay=0.01,
-            max_grad_norm=1.0,
-            layer_decay=0.9,
-            grad_accum_steps=1,
-        ),
-        mesh=MeshConfig(data=-1),
-        checkpoint=CheckpointConfig(every_steps=50, keep=2),
-        eval=EvalConfig(every_steps=418, batch_size=128),
-        batch_size=32,
+    """``configs/mini.py``'s recipe with the changes above (the encoder's depth comes from --init)."""
+    mini = load_config_file(Path(__file__).with_name("mini.py"))
+    return mini.replace(
+        optimizer=replace(mini.optimizer, learning_rate=5e-5),
+        checkpoint=replace(mini.checkpoint, every_steps=50),
+        eval=replace(mini.eval, every_steps=418),
         epochs=2,
         max_steps=None,
-        lang_loss_weight=1.0,
-        dtype="float32",
-        seed=0,
-        log_every=50,
     )
