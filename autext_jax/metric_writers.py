@@ -38,31 +38,37 @@ def read_records(path: str) -> list[dict[str, Any]]:
     return records
 
 
+def _line(record: dict[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True) + "\n"
+
+
 class JsonlLog:
     """``metrics.jsonl``: one JSON object per line, appended locally, rewritten whole at a URL."""
 
     def __init__(self, workdir: str):
         self.path = paths.join(workdir, METRICS_FILE)
-        self._records: list[dict[str, Any]] = []  # at a URL: everything, rewritten at each flush
+        self._lines: list[str] = []  # at a URL: every line, rewritten at each flush
         self._pending: list[str] = []
 
     def start_at(self, step: int) -> None:
         """Keep only records up to ``step`` (a killed run's later records are redone, not duplicated)."""
         kept = [r for r in read_records(self.path) if isinstance(r, dict) and r.get("step", 0) <= step]
-        self._records = kept if paths.is_url(self.path) else []
+        lines = [_line(r) for r in kept]
+        self._lines = lines if paths.is_url(self.path) else []
         if kept or paths.exists(self.path):
-            paths.write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+            paths.write_text(self.path, "".join(lines))
 
     def write(self, record: dict[str, Any]) -> None:
+        line = _line(record)
         if paths.is_url(self.path):
-            self._records.append(record)
-        self._pending.append(json.dumps(record, sort_keys=True) + "\n")
+            self._lines.append(line)
+        self._pending.append(line)
 
     def flush(self) -> None:
         if not self._pending:
             return
         if paths.is_url(self.path):
-            paths.write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self._records))
+            paths.write_text(self.path, "".join(self._lines))
         else:
             with open(paths.local(self.path), "a", encoding="utf-8") as f:
                 f.write("".join(self._pending))
