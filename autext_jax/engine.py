@@ -37,6 +37,7 @@ import numpy as np
 from flax import nnx
 
 from autext_jax import batching, paths
+from autext_jax.errors import UsageError
 from autext_jax.model import stack_layers
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,10 @@ COMPILE_CACHE_ENV = "AUTEXT_JAX_COMPILE_CACHE"
 _CACHE_OFF = ("", "0", "off", "none", "false", "no")
 _PREFIX_CHARS_PER_TOKEN = 16  # a character prefix this long per token holds max_length tokens in practice
 _PIECE_CHARS = 1 << 16  # chunk mode tokenizes very long texts in pieces of about this many characters
+
+
+class EngineOptionError(UsageError, ValueError):
+    """A scoring option out of range for the model (max length, stride, batch size): exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -70,23 +75,23 @@ class EngineOptions:
     tokenize_chunk: int = 256
 
     def check(self, max_tokens: int) -> None:
-        """Raise ``ValueError`` naming the first option out of range for a model of ``max_tokens``."""
+        """Raise ``EngineOptionError`` naming the first option out of range for a model of ``max_tokens``."""
         if self.long not in LONG_MODES:
-            raise ValueError(f"long must be one of {LONG_MODES}, got {self.long!r}")
+            raise EngineOptionError(f"long must be one of {LONG_MODES}, got {self.long!r}")
         if not 2 < self.max_length <= max_tokens:
-            raise ValueError(
+            raise EngineOptionError(
                 f"max_length must be in 3..{max_tokens} (the position table), got {self.max_length}"
             )
         if self.long == "chunk" and not 0 <= self.stride < self.max_length - 2:
-            raise ValueError(
+            raise EngineOptionError(
                 f"stride must be in 0..{self.max_length - 3} (max_length {self.max_length}), "
                 f"got {self.stride}"
             )
         for name in ("window", "pack_length", "max_rows", "tokenize_chunk"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise EngineOptionError(f"{name} must be positive, got {getattr(self, name)}")
         if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+            raise EngineOptionError(f"batch_size must be positive, got {self.batch_size}")
 
 
 # ---- the persistent compilation cache ---------------------------------------------------------

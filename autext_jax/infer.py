@@ -307,8 +307,6 @@ def _load_detector(args: argparse.Namespace):
         raise UsageError(str(err).strip("'\"")) from None
     except (ConversionError, ConfigError) as err:
         raise InputError(f"model {args.model or '(default)'}: {err}") from None
-    except ValueError as err:  # an option out of range for this model (max length, stride, ...)
-        raise UsageError(str(err)) from None
 
 
 def _stream_options(args: argparse.Namespace) -> dict[str, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import struct
@@ -39,7 +40,18 @@ def read_records(path: str) -> list[dict[str, Any]]:
 
 
 def _line(record: dict[str, Any]) -> str:
-    return json.dumps(record, sort_keys=True) + "\n"
+    """Strict JSON: a NaN or infinite value (a diverging step's metric) is written as ``null``."""
+    return json.dumps(_finite(record), sort_keys=True, allow_nan=False) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 class JsonlLog:

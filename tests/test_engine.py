@@ -321,3 +321,13 @@ def test_compile_cache_default_location(monkeypatch, tmp_path):
         assert default_cache_dir() is None
     monkeypatch.setenv(COMPILE_CACHE_ENV, str(tmp_path / "mine"))
     assert default_cache_dir() == tmp_path / "mine"
+
+
+def test_engine_option_errors_are_usage_errors():
+    from autext_jax.engine import EngineOptionError, EngineOptions
+    from autext_jax.errors import UsageError
+
+    with pytest.raises(EngineOptionError, match="max_length must be in 3..512") as caught:
+        EngineOptions(max_length=600).check(512)
+    assert isinstance(caught.value, UsageError) and isinstance(caught.value, ValueError)
+    assert caught.value.exit_code == 2

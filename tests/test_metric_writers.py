@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import struct
 
 import pytest
@@ -59,6 +61,27 @@ def test_jsonl_keeps_records_up_to_the_step_and_skips_a_broken_line(tmp_path, ca
     log.write({"split": "train", "step": 2, "loss": 0.5})
     log.flush()
     assert [r["step"] for r in mw.read_records(str(path))] == [1, 2]
+
+
+def test_jsonl_lines_are_strict_json_even_for_a_diverged_metric(tmp_path):
+    log = mw.JsonlLog(str(tmp_path))
+    log.start_at(0)
+    log.write(
+        {"split": "train", "step": 1, "loss": float("nan"), "grad_norm": float("inf"), "f1": [0.5, -math.inf]}
+    )
+    log.flush()
+    line = (tmp_path / mw.METRICS_FILE).read_text().strip()
+
+    def refuse(constant: str):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    assert json.loads(line, parse_constant=refuse) == {
+        "split": "train",
+        "step": 1,
+        "loss": None,
+        "grad_norm": None,
+        "f1": [0.5, None],
+    }
 
 
 def test_flops_and_mfu():
