@@ -73,7 +73,7 @@ def kmeans(
         centres = _kmeans_plus_plus(points, squared, k, rng)
         labels = np.full(n, -1)
         for _ in range(iterations):
-            distances = squared[:, None] - 2 * points @ centres.T + (centres**2).sum(axis=1)[None, :]
+            distances = _squared_distances(points, squared, centres)
             new_labels = distances.argmin(axis=1)
             if np.array_equal(new_labels, labels):
                 break
@@ -94,12 +94,17 @@ def _kmeans_plus_plus(
     centres = [points[rng.integers(len(points))]]
     for _ in range(1, k):
         stacked = np.stack(centres)
-        nearest = (squared[:, None] - 2 * points @ stacked.T + (stacked**2).sum(axis=1)[None, :]).min(axis=1)
+        nearest = _squared_distances(points, squared, stacked).min(axis=1)
         weights = np.maximum(nearest, 0)
         total = weights.sum()
         pick = rng.choice(len(points), p=weights / total) if total > 0 else rng.integers(len(points))
         centres.append(points[pick])
     return np.stack(centres).astype(np.float64)
+
+
+def _squared_distances(points: np.ndarray, squared: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """``(n, k)`` squared distances from each point (``squared`` = its squared norm) to each centre."""
+    return squared[:, None] - 2 * points @ centres.T + (centres**2).sum(axis=1)[None, :]
 
 
 def _renumber_by_size(labels: np.ndarray, k: int) -> np.ndarray:
@@ -258,21 +263,18 @@ def write_folds(
         )
     labels = {1: "generated", 0: "human"}
     assignment = np.array([groups[k] for k in keys])
+    lines = []  # each row serialised once, written to every fold
+    for i, key in enumerate(keys):
+        record = {"id": key[1], "text": rows["text"][i], "language": key[0]}
+        if rows["bot"][i] >= 0:
+            record["label"] = labels[rows["bot"][i]]
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
     counts: dict[str, dict[str, int]] = {}
     for g in sorted(set(assignment.tolist())):
-        files = {}
-        for part in ("train", "heldout"):
+        for part, rows_in_part in (("train", assignment != g), ("heldout", assignment == g)):
             (out_dir / f"g{g}" / part).mkdir(parents=True, exist_ok=True)
-            files[part] = (out_dir / f"g{g}" / part / "rows.jsonl").open("w", encoding="utf-8")
-        for i, key in enumerate(keys):
-            record = {"id": key[1], "text": rows["text"][i], "language": key[0]}
-            if rows["bot"][i] >= 0:
-                record["label"] = labels[rows["bot"][i]]
-            files["heldout" if assignment[i] == g else "train"].write(
-                json.dumps(record, ensure_ascii=False) + "\n"
-            )
-        for f in files.values():
-            f.close()
+            with (out_dir / f"g{g}" / part / "rows.jsonl").open("w", encoding="utf-8") as f:
+                f.writelines(line for line, keep in zip(lines, rows_in_part, strict=True) if keep)
         held = int((assignment == g).sum())
         counts[f"g{g}"] = {"train": len(keys) - held, "heldout": held}
     (out_dir / "folds.json").write_text(json.dumps(counts, indent=2) + "\n")
