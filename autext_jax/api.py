@@ -14,18 +14,16 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
-from autext_jax.config import COMPUTE_DTYPES, ModelConfig, check_dtype, check_threshold
+from autext_jax.config import ModelConfig, check_threshold
+from autext_jax.convert import load_checkpoint
 from autext_jax.engine import EngineOptions, InferenceEngine
-from autext_jax.hub import load_tokenizer
+from autext_jax.hub import check_tokenizer, load_tokenizer, resolve_model_dir
+from autext_jax.model import compute_dtype
 from autext_jax.scores import scores_from_logits
 
 __all__ = ["Detector", "load", "load_tokenizer"]
-
-DTYPES = {name: jnp.dtype(name) for name in COMPUTE_DTYPES}
-
 
 class Detector:
     """A loaded detector: config, NNX model, tokenizer, and the inference engine built on them."""
@@ -40,8 +38,6 @@ class Detector:
         threshold: float | None = None,
         options: EngineOptions | None = None,
     ):
-        from autext_jax.convert import check_tokenizer
-
         if threshold is not None:
             check_threshold(threshold)
         check_tokenizer(tokenizer, config, model_dir or "the given tokenizer")
@@ -100,10 +96,7 @@ def load(
     ``hub.ModelNotFoundError``, ``convert.ConversionError`` or ``config.ConfigError`` with a message
     saying what to do.
     """
-    from autext_jax.convert import load_checkpoint
-    from autext_jax.hub import resolve_model_dir
-
-    check_dtype(dtype)
+    jax_dtype = compute_dtype(dtype)
     try:
         options = replace(options or EngineOptions(), **option_fields)
     except TypeError:
@@ -111,7 +104,7 @@ def load(
         unknown = sorted(set(option_fields) - known)
         raise TypeError(f"unknown scoring options {unknown}; known: {sorted(known)}") from None
     model_dir = resolve_model_dir(model)
-    checkpoint = load_checkpoint(model_dir, key_map=key_map, allow_pickle=allow_pickle, dtype=DTYPES[dtype])
+    checkpoint = load_checkpoint(model_dir, key_map=key_map, allow_pickle=allow_pickle, dtype=jax_dtype)
     tokenizer = load_tokenizer(model_dir)
     return Detector(
         checkpoint.config,

@@ -39,6 +39,11 @@ PUBLISHED_CONFIG_JSON: dict[str, Any] = {
 }
 
 
+def is_model_config(data: dict[str, Any]) -> bool:
+    """Whether a ``config.json`` is a whole detector's (ours or the published form), not an encoder's."""
+    return "hidden_nodes" in data or "transformer_name" in data or "encoder" in data
+
+
 class ConfigError(AutextError, ValueError):
     """A configuration that cannot describe a usable model; the message says what to fix."""
 

@@ -22,29 +22,24 @@ their token counts; the probability is the sigmoid of that mean (``scores.scores
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from autext_jax import batching, paths
+from autext_jax.compile_cache import counting_hits
+from autext_jax.data import batching
 from autext_jax.errors import UsageError
 from autext_jax.model import stack_layers
 
 log = logging.getLogger(__name__)
 
 LONG_MODES = ("truncate", "chunk")
-COMPILE_CACHE_ENV = "AUTEXT_JAX_COMPILE_CACHE"
-_CACHE_OFF = ("", "0", "off", "none", "false", "no")
 _PREFIX_CHARS_PER_TOKEN = 16  # a character prefix this long per token holds max_length tokens in practice
 _PIECE_CHARS = 1 << 16  # chunk mode tokenizes very long texts in pieces of about this many characters
 
@@ -92,72 +87,6 @@ class EngineOptions:
                 raise EngineOptionError(f"{name} must be positive, got {getattr(self, name)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise EngineOptionError(f"batch_size must be positive, got {self.batch_size}")
-
-
-# ---- the persistent compilation cache ---------------------------------------------------------
-
-
-def default_cache_dir() -> Path | None:
-    """``$AUTEXT_JAX_COMPILE_CACHE`` (``off``/``0``/empty: none), else ``$XDG_CACHE_HOME/autext-jax/xla``."""
-    env = os.environ.get(COMPILE_CACHE_ENV)
-    if env is not None:
-        return None if env.strip().lower() in _CACHE_OFF else Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "autext-jax" / "xla"
-
-
-def enable_compile_cache(directory: str | Path) -> str | None:
-    """Persist XLA executables in ``directory`` so later runs skip compiling the same shapes.
-
-    A local cache that cannot be used (a file, a read-only folder) logs one warning and returns
-    ``None``: the run goes on, compiling as usual. Unreadable entries are recompiled (JAX warns). A URL
-    (``gs://``, for training on Cloud TPU) is handed to JAX as it is: JAX reads and writes it itself.
-    """
-    if paths.is_url(directory):
-        path = str(directory)
-    else:
-        local = Path(directory).expanduser().absolute()
-        try:
-            local.mkdir(parents=True, exist_ok=True)
-            probe = local / f".autext-write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as err:
-            log.warning("compile cache %s unusable (%s); compiling without it", local, err.strerror or err)
-            return None
-        path = str(local)
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    _reset_jax_cache()
-    _watch_cache_events()
-    return path
-
-
-def _reset_jax_cache() -> None:
-    """JAX decides once per process whether the cache is on; let a new directory take effect."""
-    try:
-        from jax._src import compilation_cache
-    except ImportError:  # a JAX without the module: the directory still applies to a fresh process
-        return
-    reset = getattr(compilation_cache, "reset_cache", None)
-    if reset is not None:
-        reset()
-
-
-_COMPILING: list[EngineStats] = []  # stats of the engines whose forward is running (innermost last)
-_LISTENING = [False]
-
-
-def _watch_cache_events() -> None:
-    if not _LISTENING[0]:
-        jax.monitoring.register_event_listener(_count_cache_hit)
-        _LISTENING[0] = True
-
-
-def _count_cache_hit(event: str, **_: Any) -> None:
-    if event == "/jax/compilation_cache/cache_hits" and _COMPILING:
-        _COMPILING[-1].cache_hits += 1
 
 
 # ---- results ----------------------------------------------------------------------------------
@@ -217,25 +146,6 @@ class EngineStats:
     def attention_overhead(self) -> float:
         """Computed ÷ needed attention score entries (1.0: none wasted)."""
         return self.attention_computed / self.attention_real if self.attention_real else 1.0
-
-
-# ---- plain forward (evaluation, tests) ---------------------------------------------------------
-
-
-@partial(jax.jit, static_argnums=0)
-def _forward(graphdef: nnx.GraphDef, state: nnx.State, input_ids: jax.Array, attention_mask: jax.Array):
-    model = nnx.merge(graphdef, state)
-    model.eval()  # the traced copy only: dropout off, the caller's model is untouched
-    return model(input_ids, attention_mask)
-
-
-def forward_logits(model: nnx.Module, input_ids, attention_mask) -> dict[str, jax.Array]:
-    """fp32 logits ``{"bot", "english"}`` of ``model`` in eval mode (dropout off), jitted per shape.
-
-    Unpacked rows, the training module path: reusable by evaluation, training and tests.
-    """
-    graphdef, state = nnx.split(model)
-    return _forward(graphdef, state, jnp.asarray(input_ids), jnp.asarray(attention_mask))
 
 
 # ---- the engine -------------------------------------------------------------------------------
@@ -372,17 +282,15 @@ class InferenceEngine:
                 segments[r, at : at + len(window)] = k + 1
                 starts[r, k] = at
                 at += len(window)
-        _COMPILING.append(self.stats)
-        try:
+        with counting_hits() as cache:
             out = self._packed(
                 self._state,
                 self._stacked,
                 *(jax.device_put(a, self._data_sharding) for a in (ids, segments, starts)),
             )
             bot, english = np.asarray(out["bot"]), np.asarray(out["english"])
-        finally:
-            _COMPILING.pop()
         stats = self.stats
+        stats.cache_hits += cache.hits
         stats.shapes[(batch.n_rows, batch.length)] += 1
         stats.batches += 1
         stats.padded_tokens += batch.n_rows * batch.length

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import autext_jax
 from autext_jax import paths
+from autext_jax.config import ModelConfig
 from autext_jax.errors import AutextError
+from autext_jax.hf_layout import ConversionError
 
 DEFAULT_MODEL_DIR: Path = Path(autext_jax.__file__).parent / "assets" / "autext-jax-mini"
 
@@ -31,6 +33,10 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 class ModelNotFoundError(AutextError, FileNotFoundError):
     """No model at the given place; the message says what to pass instead."""
+
+
+class TokenizerMismatchError(ConversionError):
+    """A tokenizer with ids beyond the model's embedding table (they would index out of range)."""
 
 
 def looks_like_hub_id(model: str) -> bool:
@@ -152,3 +158,13 @@ def load_tokenizer(model_dir: str | Path):
             f"cannot load a tokenizer from {model_dir} ({type(err).__name__}: {str(err)[:120]}); the "
             "model directory needs tokenizer.json (or sentencepiece.bpe.model) and tokenizer_config.json"
         ) from None
+
+
+def check_tokenizer(tokenizer, config: ModelConfig, where: str | Path) -> None:
+    """Refuse a tokenizer whose ids do not all fit the embedding table (scoring and training alike)."""
+    size = len(tokenizer)
+    if size > config.encoder.vocab_size:
+        raise TokenizerMismatchError(
+            f"the tokenizer in {where} has {size} tokens but the model's embedding has "
+            f"{config.encoder.vocab_size} rows; use the tokenizer the model was trained with"
+        )

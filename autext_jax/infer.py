@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from autext_jax import cli, paths, tables
+from autext_jax import cli, paths
 from autext_jax.config import COMPUTE_DTYPES
+from autext_jax.data import tables
 from autext_jax.errors import InputDataError as InputError
 from autext_jax.errors import UsageError
 
@@ -285,15 +286,15 @@ def _run(args: argparse.Namespace) -> int:
 
 def _load_detector(args: argparse.Namespace):
     """The detector and the compilation cache directory in use (``None``: none)."""
-    from autext_jax import engine
+    from autext_jax import compile_cache, engine
     from autext_jax.api import load
     from autext_jax.config import ConfigError
     from autext_jax.convert import ConversionError
 
     cache_dir = None
     if not args.no_compile_cache:
-        wanted = Path(args.compile_cache) if args.compile_cache else engine.default_cache_dir()
-        cache_dir = engine.enable_compile_cache(wanted) if wanted is not None else None
+        wanted = Path(args.compile_cache) if args.compile_cache else compile_cache.default_cache_dir()
+        cache_dir = compile_cache.enable_compile_cache(wanted) if wanted is not None else None
     options = engine.EngineOptions(
         max_length=args.max_length,
         batch_size=args.batch_size,

@@ -14,12 +14,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from autext_jax.config import EncoderConfig, ModelConfig
+from autext_jax.config import EncoderConfig, ModelConfig, check_dtype
 
 Array = jax.Array
 _log = logging.getLogger(__name__)
 
 _INIT_STD = 0.02  # XLM-R's initializer_range
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+    """The JAX dtype a compute dtype name means (``config.COMPUTE_DTYPES``; parameters stay float32)."""
+    return jnp.dtype(check_dtype(name))
 
 
 def _normal(axes: tuple[str | None, ...]) -> Callable:

@@ -29,3 +29,13 @@ def scores_from_logits(bot_logits, english_logits, threshold: float) -> dict[str
         "english_prob": sigmoid(english_logits),
         "is_bot": is_bot(bot_prob, threshold),
     }
+
+
+def bce_with_logits(logits, labels):
+    """Per-example binary cross-entropy from logits, stable for large ``|logits|``.
+
+    The one definition of the loss: the jitted train step calls it on JAX arrays, training's
+    validation on NumPy float64 arrays (the array's own namespace does the maths).
+    """
+    xp = logits.__array_namespace__()
+    return xp.maximum(logits, 0) - logits * labels + xp.log1p(xp.exp(-xp.abs(logits)))

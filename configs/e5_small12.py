@@ -19,7 +19,7 @@ The validation split is only used for that curve and for tuning the threshold at
 from dataclasses import replace
 from pathlib import Path
 
-from autext_jax.train_config import TrainConfig, load_config_file
+from autext_jax.train.config import TrainConfig, load_config_file
 
 
 def get_config() -> TrainConfig:

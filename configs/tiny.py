@@ -8,10 +8,10 @@ AuTexTification subtask-1 files (``../shared/data/autextification/subtask_1`` fr
 from pathlib import Path
 
 from autext_jax.config import EncoderConfig, ModelConfig
-from autext_jax.data import DataConfig
-from autext_jax.optim import OptimizerConfig
-from autext_jax.sharding import MeshConfig
-from autext_jax.train_config import CheckpointConfig, EvalConfig, TrainConfig
+from autext_jax.data.dataset import DataConfig
+from autext_jax.train.config import CheckpointConfig, EvalConfig, TrainConfig
+from autext_jax.train.optim import OptimizerConfig
+from autext_jax.train.sharding import MeshConfig
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / ".." / "shared" / "data" / "autextification" / "subtask_1"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import string
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,6 +18,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _CACHE = tempfile.mkdtemp(prefix="autext-test-xla-")
 os.environ["AUTEXT_JAX_COMPILE_CACHE"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, True)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
 
 from autext_jax.config import EncoderConfig, ModelConfig  # noqa: E402
 
@@ -107,3 +113,26 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir, tiny_config) -> Path:
     out = tmp_path_factory.mktemp("tiny_model")
     model = create_model(tiny_config, seed=TINY_MODEL_SEED)
     return export_checkpoint(model, tiny_config, out, tokenizer_dir=tiny_tokenizer_dir)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(graphdef: nnx.GraphDef, state: nnx.State, input_ids: jax.Array, attention_mask: jax.Array):
+    model = nnx.merge(graphdef, state)
+    model.eval()  # the traced copy only: dropout off, the caller's model is untouched
+    return model(input_ids, attention_mask)
+
+
+def forward_logits(model: nnx.Module, input_ids, attention_mask) -> dict[str, jax.Array]:
+    """fp32 logits ``{"bot", "english"}`` of ``model`` in eval mode, unpacked rows (the training path)."""
+    graphdef, state = nnx.split(model)
+    return _forward(graphdef, state, jnp.asarray(input_ids), jnp.asarray(attention_mask))
+
+
+def scores_with_labels(n: int, seed: int, ties: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and bot probabilities that are informative but imperfect (optionally with many ties)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, size=n)
+    probs = np.clip(0.5 + 0.25 * (labels - 0.5) + rng.normal(0, 0.2, size=n), 0, 1).astype(np.float32)
+    if ties:
+        probs = np.round(probs, 1).astype(np.float32)
+    return labels, probs

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from autext_jax import aot
 from autext_jax.config import KNOWN_ENCODERS, ConfigError, EncoderConfig
-from autext_jax.train_config import load_config_file
+from autext_jax.train import aot
+from autext_jax.train.config import load_config_file
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,7 @@ import pytest
 
 from autext_jax import cli, errors
 from autext_jax.config import ConfigError
-from autext_jax.data import DataError, DataUsageError
+from autext_jax.data.dataset import DataError, DataUsageError
 
 
 def _raiser(exc: BaseException):

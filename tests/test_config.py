@@ -123,12 +123,19 @@ def test_hand_edited_config_json_is_one_clear_line(tmp_path, content, message) -
 
 
 def test_one_threshold_check_and_one_dtype_list() -> None:
-    from autext_jax import api, cli, train_config
+    import jax.numpy as jnp
+
+    from autext_jax import cli
     from autext_jax.config import COMPUTE_DTYPES, check_dtype, check_threshold
+    from autext_jax.model import compute_dtype
+    from autext_jax.train.config import TrainConfig
 
     assert check_threshold(1) == 1.0 and cli.threshold_arg("0.25") == 0.25
-    assert tuple(api.DTYPES) == COMPUTE_DTYPES == train_config.DTYPES
+    assert [compute_dtype(name) for name in COMPUTE_DTYPES] == [jnp.float32, jnp.bfloat16]
+    for bad in (lambda: check_dtype("float16"), lambda: compute_dtype("float16")):
+        with pytest.raises(ConfigError, match="dtype 'float16' is not one of"):
+            bad()
     with pytest.raises(ConfigError, match="dtype 'float16' is not one of"):
-        check_dtype("float16")
+        TrainConfig(dtype="float16")
     with pytest.raises(ConfigError, match=r"--threshold 2.0 is outside"):
         check_threshold(2.0, "--threshold")

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autext_jax import data
-from autext_jax.batching import bucket_lengths, tokenize
-from autext_jax.data import (
+from autext_jax.data import dataset as data
+from autext_jax.data.batching import bucket_lengths, tokenize
+from autext_jax.data.dataset import (
     BatchStream,
     DataConfig,
     DataError,
@@ -345,7 +345,7 @@ def test_urls_files_and_folders_through_the_path_layer():
 def test_hub_dataset_ids(monkeypatch):
     import datasets
 
-    from autext_jax.sources import DataUsageError
+    from autext_jax.data.sources import DataUsageError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)

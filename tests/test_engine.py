@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_model_config
+from conftest import forward_logits, tiny_model_config
 
-from autext_jax import batching
-from autext_jax.engine import EngineOptions, InferenceEngine, forward_logits
+from autext_jax.data import batching
+from autext_jax.engine import EngineOptions, InferenceEngine
 from autext_jax.model import create_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -309,7 +309,7 @@ def test_unusable_or_broken_compile_cache_never_fails_a_run(tiny_model_dir, tmp_
 
 
 def test_compile_cache_default_location(monkeypatch, tmp_path):
-    from autext_jax.engine import COMPILE_CACHE_ENV, default_cache_dir
+    from autext_jax.compile_cache import COMPILE_CACHE_ENV, default_cache_dir
 
     monkeypatch.delenv(COMPILE_CACHE_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

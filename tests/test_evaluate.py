@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import scores_with_labels as _scores
 from sklearn import metrics as skm
 
 from autext_jax import evaluate as ev
+from autext_jax import metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -23,88 +25,6 @@ def _private_datasets_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("datasets_cache"))
         yield
-
-
-def _scores(n: int, seed: int, ties: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and bot probabilities that are informative but imperfect (optionally with many ties)."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, size=n)
-    probs = np.clip(0.5 + 0.25 * (labels - 0.5) + rng.normal(0, 0.2, size=n), 0, 1).astype(np.float32)
-    if ties:
-        probs = np.round(probs, 1).astype(np.float32)
-    return labels, probs
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_macro_f1_and_confusion_match_sklearn(seed):
-    labels, probs = _scores(200, seed)
-    for threshold in (0.0, 0.3, 0.5, 0.7, 1.01):
-        pred = ev.predict(probs, threshold)
-        expected = skm.f1_score(labels, pred, average="macro", labels=[0, 1], zero_division=0)
-        assert ev.macro_f1(labels, pred) == pytest.approx(expected, abs=1e-12)
-        expected_matrix = skm.confusion_matrix(labels, pred, labels=[0, 1])
-        assert ev.confusion_matrix(labels, pred).tolist() == expected_matrix.tolist()
-    # Degenerate: one class only in labels and predictions.
-    assert ev.macro_f1([1, 1, 1], [1, 1, 1]) == pytest.approx(0.5)
-    assert ev.macro_f1([0, 1], [1, 0]) == 0.0
-    with pytest.raises(ValueError, match="0 \\(human\\) or 1"):
-        ev.macro_f1([0, 2], [0, 1])
-
-
-@pytest.mark.parametrize("ties", [False, True])
-def test_roc_matches_sklearn(ties):
-    labels, probs = _scores(300, 3, ties=ties)
-    fpr, tpr, thresholds = ev.roc_curve(labels, probs)
-    sk_fpr, sk_tpr, sk_thr = skm.roc_curve(labels, probs, drop_intermediate=False)
-    np.testing.assert_allclose(fpr, sk_fpr)
-    np.testing.assert_allclose(tpr, sk_tpr)
-    np.testing.assert_allclose(thresholds[1:], sk_thr[1:])
-    assert ev.roc_auc(labels, probs) == pytest.approx(skm.roc_auc_score(labels, probs), abs=1e-12)
-
-
-@pytest.mark.parametrize("ties", [False, True])
-def test_best_threshold_is_the_best(ties):
-    labels, probs = _scores(300, 4, ties=ties)
-    threshold, score = ev.best_threshold(labels, probs)
-    brute = max(
-        skm.f1_score(labels, probs >= t, average="macro", labels=[0, 1], zero_division=0)
-        for t in np.unique(probs)
-    )
-    assert score == pytest.approx(brute, abs=1e-12)
-    assert ev.macro_f1(labels, ev.predict(probs, threshold)) == pytest.approx(score, abs=1e-12)
-    # Separable data: the threshold lands strictly between the classes, not on a score.
-    threshold, score = ev.best_threshold([0, 0, 1, 1], np.array([0.1, 0.2, 0.8, 0.9], np.float32))
-    assert score == 1.0 and 0.2 < threshold < 0.8
-
-
-@pytest.mark.parametrize("target", [0.0, 0.01, 0.05, 0.2, 0.5])
-def test_threshold_for_fpr_is_largest_recall_within_budget(target):
-    labels, probs = _scores(400, 5, ties=True)
-    threshold = ev.threshold_for_fpr(labels, probs, target)
-    pred = ev.predict(probs, threshold)
-    (tn, fp), (fn, tp) = ev.confusion_matrix(labels, pred)
-    assert fp / (fp + tn) <= target
-    sk_fpr, sk_tpr, _ = skm.roc_curve(labels, probs, drop_intermediate=False)
-    assert tp / (tp + fn) == pytest.approx(sk_tpr[sk_fpr <= target].max())
-    # Unreachable budget: the top score is a human text, so nothing may be flagged.
-    threshold = ev.threshold_for_fpr([0, 1, 1], np.array([0.9, 0.5, 0.4], np.float32), 0.0)
-    assert threshold > 0.9 and not ev.predict([0.9, 0.5, 0.4], threshold).any()
-
-
-def test_bootstrap_ci():
-    labels, probs = _scores(400, 6)
-    pred = ev.predict(probs, 0.5)
-    point = ev.macro_f1(labels, pred)
-    low, high = ev.bootstrap_ci(labels, pred, n=300, seed=1)
-    assert low < point < high and 0.02 < high - low < 0.2
-    assert ev.bootstrap_ci(labels, pred, n=300, seed=1) == (low, high)
-    assert ev.bootstrap_ci(labels, pred, n=300, seed=2) != (low, high)
-    big_labels, big_probs = _scores(6400, 7)
-    big_low, big_high = ev.bootstrap_ci(big_labels, ev.predict(big_probs, 0.5), n=300, seed=1)
-    assert 0.15 < (big_high - big_low) / (high - low) < 0.4  # width shrinks like 1/sqrt(n): 1/4 here
-    narrow = ev.bootstrap_ci(labels, pred, n=300, seed=1, level=0.5)
-    assert low < narrow[0] < narrow[1] < high
-    assert ev.bootstrap_ci([0, 1] * 20, [0, 1] * 20, n=50) == (1.0, 1.0)  # perfect predictions
 
 
 def test_report_per_language_and_missing_labels():
@@ -194,7 +114,7 @@ def test_cli_writes_report_plots_and_predictions(tmp_path, tiny_model_dir):
 
 
 def test_cli_split_scores_exactly_the_training_validation_rows(tmp_path, tiny_model_dir):
-    from autext_jax.data import column_values, load_examples, split_by_id
+    from autext_jax.data.dataset import column_values, load_examples, split_by_id
 
     data = _write_eval_data(tmp_path / "data")
     out = tmp_path / "out"
@@ -230,17 +150,17 @@ def test_non_finite_scores_are_an_error_naming_how_many(tmp_path):
     labels, probs = _scores(50, 3)
     probs = probs.copy()
     probs[[1, 7, 9]] = [np.nan, np.inf, np.nan]
-    with pytest.raises(ev.NonFiniteScores, match="3 of 50 scores are not finite"):
+    with pytest.raises(metrics.NonFiniteScores, match="3 of 50 scores are not finite"):
         ev.evaluate_predictions(labels, probs, threshold=0.5, n_bootstrap=0)
-    with pytest.raises(ev.NonFiniteScores):
-        ev.best_threshold(labels, probs)
+    with pytest.raises(metrics.NonFiniteScores):
+        metrics.best_threshold(labels, probs)
 
 
 def test_threshold_tuning_on_one_class_is_refused():
     probs = np.linspace(0.1, 0.9, 20, dtype=np.float32)
-    with pytest.raises(ev.OneClassError, match="20 human and 0 generated rows"):
-        ev.best_threshold(np.zeros(20, int), probs)
-    with pytest.raises(ev.OneClassError):
+    with pytest.raises(metrics.OneClassError, match="20 human and 0 generated rows"):
+        metrics.best_threshold(np.zeros(20, int), probs)
+    with pytest.raises(metrics.OneClassError):
         ev.evaluate_predictions(np.ones(20, int), probs, n_bootstrap=0)
     # A given threshold still evaluates one-class data (e.g. a human-only test set), without "best" claims.
     report = ev.evaluate_predictions(np.zeros(20, int), probs, threshold=0.5, n_bootstrap=0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autext_jax.data import load_examples
+from autext_jax.data.dataset import load_examples
 from tools import group_study
 
 # Two "domains" with disjoint vocabularies, in both languages; labels alternate.
@@ -63,8 +63,8 @@ def test_centring_per_language_makes_topic_not_language_the_split():
 def test_mean_embeddings_match_the_models_own_pooling(tiny_model_dir):
     import jax.numpy as jnp
 
-    from autext_jax import batching
     from autext_jax.convert import load_checkpoint
+    from autext_jax.data import batching
     from autext_jax.hub import load_tokenizer
 
     texts = ["hello there friend", "1234", "the cat and the hat sat on the mat today"]

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `tools`
-
-from tools import import_e5  # noqa: E402
-from tools._q4 import E5FormatError, read_e5_bin  # noqa: E402
+from tools.e5 import import_e5
+from tools.e5.q4 import E5FormatError, read_e5_bin
 
 HIDDEN, LAYERS, HEADS, FFN, MAXP = 32, 2, 4, 64, 40
 WORDS = "the cat sat on mat el gato está en la alfombra pingüino".split()  # ü: no single piece

@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from autext_jax import metric_writers as mw
-from autext_jax import throughput
+from autext_jax.train import metric_writers as mw
+from autext_jax.train import throughput
 
 
 def _events(data: bytes):

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from autext_jax.optim import (
+from autext_jax.train.optim import (
     OptimizerConfig,
     OptimizerConfigError,
     build_optimizer,
@@ -45,7 +45,7 @@ def test_schedule_warms_up_linearly_then_decays_to_the_end_value():
 
 def test_decay_mask_skips_biases_and_layernorm(tiny_config):
     from autext_jax.model import abstract_model
-    from autext_jax.steps import describe_model
+    from autext_jax.train.steps import describe_model
 
     layout, _ = describe_model(abstract_model(tiny_config))
     for name, axes in layout.logical_axes.items():
@@ -141,9 +141,9 @@ def test_optimizer_state_takes_the_parameter_shardings(tiny_config, accum):
     """Moments (and accumulated gradients) mirror a parameter and share its sharding; counts replicate."""
     import jax
 
-    from autext_jax import sharding as shd
     from autext_jax.model import abstract_model
-    from autext_jax.steps import TrainSteps, describe_model
+    from autext_jax.train import sharding as shd
+    from autext_jax.train.steps import TrainSteps, describe_model
 
     layout, _ = describe_model(abstract_model(tiny_config))
     cfg = OptimizerConfig(layer_decay=0.8, grad_accum_steps=accum)

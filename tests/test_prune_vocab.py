@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from test_import_e5 import PIECES, write_synthetic_e5
 
-from tools import import_e5, prune_vocab
-from tools._q4 import read_e5_bin
+from tools.e5 import import_e5, prune_vocab
+from tools.e5.q4 import read_e5_bin
 
 NAMES = [p for p, _ in PIECES]
 CORPUS = ["the cat sat on the mat"] * 4 + [

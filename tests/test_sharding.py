@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from autext_jax import sharding as shd
+from autext_jax.train import sharding as shd
 
 HERE = Path(__file__).resolve()
 
@@ -58,7 +58,7 @@ def test_logical_rules_map_axes_and_replicate_what_does_not_divide():
 
 def test_every_model_logical_axis_has_a_rule(tiny_config):
     from autext_jax.model import abstract_model
-    from autext_jax.steps import describe_model
+    from autext_jax.train.steps import describe_model
 
     layout, _ = describe_model(abstract_model(tiny_config))
     used = {a for axes in layout.logical_axes.values() for a in axes if a is not None}
@@ -135,7 +135,7 @@ def test_batch_per_device_and_the_one_line_batch_check():
 
 _EIGHT_DEVICE_CHECKS = """
 import jax, pytest
-from autext_jax import sharding as shd
+from autext_jax.train import sharding as shd
 assert jax.device_count() == 8
 mesh = shd.make_mesh(shd.MeshConfig(data=-1, fsdp=2, tensor=2))
 assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
@@ -228,8 +228,8 @@ def _worker(out_dir: Path) -> None:
     sys.path.insert(0, str(HERE.parent))
     from conftest import TINY_VOCAB, tiny_model_config
 
-    from autext_jax import optim, steps
     from autext_jax.model import create_model
+    from autext_jax.train import optim, steps
 
     assert jax.device_count() == 8, jax.devices()
     cfg = tiny_model_config()

@@ -6,7 +6,7 @@ import gzip
 
 import pytest
 
-from autext_jax import tables
+from autext_jax.data import tables
 from autext_jax.errors import InputDataError
 
 

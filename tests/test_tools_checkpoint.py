@@ -14,18 +14,18 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_convert  # noqa: E402
-import export_checkpoint as export_tool  # noqa: E402
-import inspect_checkpoint  # noqa: E402
-import parity_check  # noqa: E402
+
+from tools import export_checkpoint as export_tool  # noqa: E402
+from tools import inspect_checkpoint, parity_check  # noqa: E402
 
 
 def _cli(tool: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, str(ROOT / "tools" / tool), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    cmd = [sys.executable, "-m", f"tools.{tool.removesuffix('.py')}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
 
 
 # ---- inspect_checkpoint ------------------------------------------------------------------------

@@ -21,7 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autext_jax import errors, train
+from autext_jax import errors
+from autext_jax.train import __main__ as train_cli
+from autext_jax.train import loop
+from autext_jax.train.metric_writers import METRICS_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 _WORDS = {
@@ -89,7 +92,7 @@ def _run(setup, workdir: Path, *extra: str, env=None) -> subprocess.CompletedPro
 
 
 def _records(workdir: Path, split: str) -> list[dict]:
-    lines = (workdir / train.METRICS_FILE).read_text().splitlines()
+    lines = (workdir / METRICS_FILE).read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["split"] == split]
 
 
@@ -133,7 +136,7 @@ def _start_and_kill(setup, workdir: Path, extra: tuple[str, ...], at_step: int) 
     log_path = workdir.with_suffix(f".{at_step}.log")
     with log_path.open("w") as log:
         proc = subprocess.Popen(_cmd(setup, workdir, *extra), env=setup["env"], stdout=log, stderr=log)
-        metrics = workdir / train.METRICS_FILE
+        metrics = workdir / METRICS_FILE
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
             if metrics.is_file() and any(r["step"] >= at_step for r in _records(workdir, "train")):
@@ -215,21 +218,23 @@ def test_other_config_is_refused_unless_allowed(setup, reference, capsys):
     shutil.copytree(reference, workdir)
     base = [*setup["base"], "--workdir", str(workdir), "--max-steps", str(STEPS)]
     before = (workdir / "train_config.json").read_text()
-    code = train.main([*base, "--set", "optimizer.learning_rate=0.01"])
+    code = train_cli.main([*base, "--set", "optimizer.learning_rate=0.01"])
     err = capsys.readouterr().err
     assert code == errors.EXIT_USAGE
     assert "optimizer.learning_rate" in err and "allow_config_change=true" in err
     assert (workdir / "train_config.json").read_text() == before
     # Settings that do not change the trajectory may differ; a finished run then stops at once.
-    assert train.main([*base, "--checkpoint-every", "7"]) == 0
+    assert train_cli.main([*base, "--checkpoint-every", "7"]) == 0
     assert '"complete": true' in capsys.readouterr().out
-    code = train.main([*base, "--set", "optimizer.learning_rate=0.01", "--set", "allow_config_change=true"])
+    code = train_cli.main(
+        [*base, "--set", "optimizer.learning_rate=0.01", "--set", "allow_config_change=true"]
+    )
     assert code == 0
     assert json.loads((workdir / "train_config.json").read_text())["optimizer"]["learning_rate"] == 0.01
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path):
-    from autext_jax.checkpointing import CheckpointConfig, Checkpointer
+    from autext_jax.train.checkpointing import CheckpointConfig, Checkpointer
 
     args = [
         *setup["base"],
@@ -246,9 +251,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path):
         "--set",
         "optimizer.max_grad_norm=none",
     ]
-    cfg = train.resolve_config(train._parser().parse_args(args))
+    cfg = train_cli.resolve_config(train_cli.build_parser().parse_args(args))
     with pytest.raises(errors.TrainingDiverged, match="became nan|became inf"):
-        train.run(cfg, tmp_path)
+        loop.run(cfg, tmp_path)
     ckpt = Checkpointer(tmp_path / "checkpoints", CheckpointConfig())
     steps = ckpt.all_steps()
     ckpt.close()
@@ -271,7 +276,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path):
     ],
 )
 def test_bad_input_exits_2_with_one_line(setup, tmp_path, capsys, extra, message):
-    code = train.main([*setup["base"], "--workdir", str(tmp_path / "w"), "--max-steps", "2", *extra])
+    code = train_cli.main([*setup["base"], "--workdir", str(tmp_path / "w"), "--max-steps", "2", *extra])
     err = capsys.readouterr().err.strip()
     assert code == errors.EXIT_USAGE
     assert message in err
@@ -282,13 +287,14 @@ def test_unknown_labels_and_empty_data_are_reported(setup, tmp_path, capsys):
     bad = tmp_path / "bad" / "en"
     bad.mkdir(parents=True)
     (bad / "train.tsv").write_text("id\ttext\tlabel\n1\thello\thuman\n2\tworld\tmachine\n")
-    code = train.main([*setup["base"], "--workdir", str(tmp_path / "w"), "--set", f"data.paths={bad.parent}"])
+    workdir = str(tmp_path / "w")
+    code = train_cli.main([*setup["base"], "--workdir", workdir, "--set", f"data.paths={bad.parent}"])
     err = capsys.readouterr().err
     assert code == errors.EXIT_BAD_INPUT and "'machine'" in err
     empty = tmp_path / "empty" / "en"
     empty.mkdir(parents=True)
     (empty / "train.tsv").write_text("id\ttext\tlabel\n")
-    code = train.main(
+    code = train_cli.main(
         [*setup["base"], "--workdir", str(tmp_path / "w2"), "--set", f"data.paths={empty.parent}"]
     )
     assert code == errors.EXIT_BAD_INPUT and "train: error: " in capsys.readouterr().err
@@ -298,8 +304,8 @@ def test_divergence_exits_3(setup, tmp_path, capsys, monkeypatch):
     def diverge(cfg, workdir):
         raise errors.TrainingDiverged("step 2: loss became nan; stopped, the last good checkpoint is kept")
 
-    monkeypatch.setattr(train, "run", diverge)
-    code = train.main([*setup["base"], "--workdir", str(tmp_path)])
+    monkeypatch.setattr(train_cli, "run", diverge)
+    code = train_cli.main([*setup["base"], "--workdir", str(tmp_path)])
     assert code == errors.EXIT_DIVERGED
     expected = (
         "python -m autext_jax.train: error: "

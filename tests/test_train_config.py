@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from autext_jax.checkpointing import CheckpointMismatchError
 from autext_jax.config import ConfigError
-from autext_jax.rundir import config_differences, guard_config, write_config
-from autext_jax.steps import bce_with_logits, multitask_loss
-from autext_jax.train_config import TrainConfig, apply_overrides, load_config_file
+from autext_jax.train.checkpointing import CheckpointMismatchError
+from autext_jax.train.config import TrainConfig, apply_overrides, load_config_file
+from autext_jax.train.rundir import config_differences, guard_config, write_config
+from autext_jax.train.steps import bce_with_logits, multitask_loss
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

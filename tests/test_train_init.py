@@ -11,9 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from autext_jax import errors, train
+from autext_jax import errors
 from autext_jax.config import ConfigError
-from autext_jax.train_config import load_config_file
+from autext_jax.train import __main__ as train_cli
+from autext_jax.train import prepare
+from autext_jax.train.config import load_config_file
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -60,9 +62,9 @@ def _tiny(**changes):
 
 def test_init_from_our_layout_keeps_every_weight(tiny_model_dir, train_log):
     from autext_jax.convert import load_checkpoint
-    from autext_jax.steps import describe_model
+    from autext_jax.train.steps import describe_model
 
-    prepared = train.prepare_model(_tiny(init=str(tiny_model_dir)))
+    prepared = prepare.prepare_model(_tiny(init=str(tiny_model_dir)))
     assert prepared.tokenizer_dir == tiny_model_dir
     assert prepared.fresh_note == "" and not any("initialised fresh" in m for m in train_log)
     _, expected = describe_model(load_checkpoint(tiny_model_dir).model)
@@ -70,10 +72,10 @@ def test_init_from_our_layout_keeps_every_weight(tiny_model_dir, train_log):
     for name, value in expected.items():
         np.testing.assert_array_equal(np.asarray(prepared.initial[name]), np.asarray(value))
     # The published-layout config.json (auto_map → remote code) must not stop the tokenizer loading.
-    tokenizer = train._load_tokenizer(prepared.tokenizer_dir, prepared.model_cfg, 16)
+    tokenizer = prepare.load_training_tokenizer(prepared.tokenizer_dir, prepared.model_cfg, 16)
     assert tokenizer("the cat")["input_ids"][0] == 0
     with pytest.raises(ConfigError, match="exceeds the model's"):
-        train._load_tokenizer(prepared.tokenizer_dir, prepared.model_cfg, 600)
+        prepare.load_training_tokenizer(prepared.tokenizer_dir, prepared.model_cfg, 600)
     # The resolved config records the checkpoint's model, not the config file's.
     assert prepared.cfg.model == prepared.model_cfg == load_checkpoint(tiny_model_dir).config
 
@@ -90,20 +92,20 @@ def test_init_from_encoder_only_checkpoint_starts_fresh_heads(
     cfg = cfg.replace(model=cfg.model.replace(pooling="mean", hidden_nodes=5))
     loads = []
     real_load = convert.load_checkpoint
-    monkeypatch.setattr(convert, "load_checkpoint", lambda *a, **k: loads.append(a) or real_load(*a, **k))
-    prepared = train.prepare_model(cfg)
+    monkeypatch.setattr(prepare, "load_checkpoint", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    prepared = prepare.prepare_model(cfg)
     assert len(loads) == 1  # the checkpoint is read once, heads shaped by the config from the start
     note = prepared.fresh_note  # logged as a warning when the run starts (not when it resumes)
     assert "bot_head" in note and "lang_head" in note and "initialised fresh" in note
     assert prepared.model_cfg.pooling == "mean" and prepared.model_cfg.hidden_nodes == 5
     assert prepared.initial["bot_head/hidden/kernel"].shape == (32, 5)
-    assert len(train._load_tokenizer(prepared.tokenizer_dir, prepared.model_cfg, 16)) <= 259
+    assert len(prepare.load_training_tokenizer(prepared.tokenizer_dir, prepared.model_cfg, 16)) <= 259
     word = load_file(str(enc_dir / "model.safetensors"))["embeddings.word_embeddings.weight"]
     np.testing.assert_array_equal(np.asarray(prepared.initial["encoder/embeddings/word/embedding"]), word)
     # The loaded values are placed into the mesh's shardings unchanged.
-    from autext_jax import sharding as shd
-    from autext_jax.optim import OptimizerConfig, build_optimizer
-    from autext_jax.steps import TrainSteps
+    from autext_jax.train import sharding as shd
+    from autext_jax.train.optim import OptimizerConfig, build_optimizer
+    from autext_jax.train.steps import TrainSteps
 
     mesh = shd.make_mesh(shd.MeshConfig(), jax.devices()[:1])
     tx = build_optimizer(OptimizerConfig(), prepared.layout.names, 2, 10)
@@ -112,7 +114,7 @@ def test_init_from_encoder_only_checkpoint_starts_fresh_heads(
 
 
 def test_init_with_an_unreachable_hub_id_is_one_clear_line(tmp_path, capsys):
-    code = train.main(
+    code = train_cli.main(
         ["--config", str(CONFIGS / "tiny.py"), "--workdir", str(tmp_path), "--init", "nobody/no-such-model"]
     )
     err = capsys.readouterr().err.strip()

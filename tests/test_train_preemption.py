@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from test_train_cli import _cmd, _free_port, _records, _run, setup  # noqa: F401 - setup is a fixture
 
-from autext_jax import errors, train
+from autext_jax import errors
+from autext_jax.train import __main__ as train_cli
+from autext_jax.train.metric_writers import METRICS_FILE
 
 STEPS = 60
 SLOW = ("--set", "checkpoint.every_steps=1000")  # no periodic save: only the stop's checkpoint exists
@@ -144,7 +146,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(setup, re
             if f.parent.name == "d":
                 f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     shutil.rmtree(workdir / "export")
-    with (workdir / train.METRICS_FILE).open("a") as f:
+    with (workdir / METRICS_FILE).open("a") as f:
         f.write('{"split": "train", "st')  # a run killed in the middle of a line
     rerun = _run(setup, workdir, *extra)
     assert f"checkpoint {newest.name} in " in rerun.stderr and "cannot be restored" in rerun.stderr
@@ -158,6 +160,6 @@ def test_config_digest_in_the_checkpoint_is_checked(setup, reference, tmp_path, 
     shutil.copytree(reference, workdir)
     os.remove(workdir / "train_config.json")  # only the checkpoint still knows the config
     base = [*setup["base"], "--workdir", str(workdir), "--max-steps", str(STEPS)]
-    code = train.main([*base, "--set", "seed=5"])
+    code = train_cli.main([*base, "--set", "seed=5"])
     err = capsys.readouterr().err
     assert code == errors.EXIT_USAGE and "config digest" in err and "allow_config_change" in err

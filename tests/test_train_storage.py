@@ -18,7 +18,10 @@ from pathlib import Path
 import pytest
 from test_train_cli import _cmd, _free_port, _run, setup  # noqa: F401 - setup is a fixture
 
-from autext_jax import errors, paths, train
+from autext_jax import errors, paths
+from autext_jax.train import __main__ as train_cli
+from autext_jax.train import loop, prepare
+from autext_jax.train.metric_writers import METRICS_FILE
 
 pytest.importorskip("gcsfs")
 pytest.importorskip("gcp_storage_emulator")
@@ -81,7 +84,7 @@ def gs_in_process(gcs, monkeypatch):
 
 def _gs_records(fs, workdir: str) -> list[dict]:
     try:
-        text = fs.cat(paths.join(workdir, train.METRICS_FILE)).decode()
+        text = fs.cat(paths.join(workdir, METRICS_FILE)).decode()
     except FileNotFoundError:
         return []
     return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -138,19 +141,20 @@ def test_a_failed_checkpoint_save_is_reported_at_once(setup, gs_in_process, tmp_
 
 def test_init_and_tokenizer_from_a_bucket(gs_in_process, tiny_model_dir, tmp_path, monkeypatch):
     from autext_jax.convert import load_checkpoint
-    from autext_jax.steps import describe_model
-    from autext_jax.train_config import load_config_file
+    from autext_jax.train.config import load_config_file
+    from autext_jax.train.steps import describe_model
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     url = f"gs://{BUCKET}/models/tiny"
     gs_in_process.put(str(tiny_model_dir), url, recursive=True)
     cfg = load_config_file(CONFIG)
-    prepared = train.prepare_model(cfg.replace(init=url, tokenizer=url))
+    prepared = prepare.prepare_model(cfg.replace(init=url, tokenizer=url))
     _, expected = describe_model(load_checkpoint(tiny_model_dir).model)
     assert prepared.initial.keys() == expected.keys()
     for name, value in expected.items():
         assert (prepared.initial[name] == value).all(), name
-    assert train._load_tokenizer(prepared.tokenizer_dir, prepared.model_cfg, 16)("the")["input_ids"][0] == 0
+    tokenizer = prepare.load_training_tokenizer(prepared.tokenizer_dir, prepared.model_cfg, 16)
+    assert tokenizer("the")["input_ids"][0] == 0
 
 
 @pytest.mark.parametrize(
@@ -173,8 +177,8 @@ def test_unusable_workdir_exits_2_before_training(
 ):
     monkeypatch.chdir(tmp_path)
     started = []
-    monkeypatch.setattr(train, "prepare_model", lambda cfg: started.append(cfg))
-    code = train.main([*setup["base"], "--workdir", workdir, "--max-steps", "2"])
+    monkeypatch.setattr(loop, "prepare_model", lambda cfg: started.append(cfg))
+    code = train_cli.main([*setup["base"], "--workdir", workdir, "--max-steps", "2"])
     err = capsys.readouterr().err.strip()
     assert code == errors.EXIT_USAGE, err
     assert message in err and "\n" not in err and "Traceback" not in err

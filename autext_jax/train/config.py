@@ -16,12 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autext_jax.config import COMPUTE_DTYPES, ConfigError, ModelConfig
-from autext_jax.data import DataConfig
-from autext_jax.optim import OptimizerConfig
-from autext_jax.sharding import MeshConfig
-
-DTYPES = COMPUTE_DTYPES
+from autext_jax.config import ConfigError, ModelConfig, check_dtype
+from autext_jax.data.dataset import DataConfig
+from autext_jax.train.optim import OptimizerConfig
+from autext_jax.train.sharding import MeshConfig
 
 
 @dataclass(frozen=True)
@@ -85,8 +83,7 @@ class TrainConfig:
     allow_config_change: bool = False
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype {self.dtype!r} is not one of {DTYPES}")
+        check_dtype(self.dtype)
         if self.batch_size < 1 or self.epochs < 1 or self.log_every < 1:
             raise ConfigError("batch_size, epochs and log_every must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:

@@ -16,11 +16,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from autext_jax.checkpointing import Checkpointer
 from autext_jax.errors import Stopped, TrainingDiverged
-from autext_jax.metric_writers import MetricWriters
-from autext_jax.preemption import StopSignals
-from autext_jax.throughput import mfu, train_flops
+from autext_jax.train.checkpointing import Checkpointer
+from autext_jax.train.metric_writers import MetricWriters
+from autext_jax.train.preemption import StopSignals
+from autext_jax.train.throughput import mfu, train_flops
 
 log = logging.getLogger("autext_jax.train")
 

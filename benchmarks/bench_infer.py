@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from autext_jax import cli, tables
+from autext_jax import cli
+from autext_jax.data import tables
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = REPO.parent / "shared"

@@ -21,8 +21,9 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from autext_jax import sharding as shd
 from autext_jax.model import MultiTaskModel
+from autext_jax.scores import bce_with_logits
+from autext_jax.train import sharding as shd
 
 # What a train/eval step reads from a batch (``BatchStream`` also yields ``weight``/``index``).
 BATCH_KEYS = ("input_ids", "attention_mask", "bot", "english", "bot_mask", "english_mask")
@@ -100,11 +101,6 @@ def merge_model(layout: ModelLayout, params: Mapping[str, Any], *, train: bool) 
         )
     graphdef = layout.graphdef_train if train else layout.graphdef_eval
     return nnx.merge(graphdef, state, nnx.from_flat_state(rest))
-
-
-def bce_with_logits(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example binary cross-entropy, stable for large |logits|."""
-    return jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:

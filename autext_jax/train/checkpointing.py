@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 
 from autext_jax import paths
 from autext_jax.errors import AutextError, InputDataError, UsageError
-from autext_jax.train_config import CheckpointConfig
+from autext_jax.train.config import CheckpointConfig
 
 __all__ = [
     "CheckpointConfig",

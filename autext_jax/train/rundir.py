@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from autext_jax import paths
-from autext_jax.checkpointing import CheckpointMismatchError
 from autext_jax.errors import UsageError
+from autext_jax.train.checkpointing import CheckpointMismatchError
 
 log = logging.getLogger(__name__)
 

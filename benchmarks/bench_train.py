@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from autext_jax import cli
-from autext_jax import sharding as shd
 from autext_jax.config import COMPUTE_DTYPES, EncoderConfig, ModelConfig
 from autext_jax.errors import UsageError
 from autext_jax.model import abstract_model
-from autext_jax.optim import OptimizerConfig, build_optimizer
-from autext_jax.steps import TrainSteps, describe_model
+from autext_jax.train import sharding as shd
+from autext_jax.train.optim import OptimizerConfig, build_optimizer
+from autext_jax.train.steps import TrainSteps, describe_model
 
 SHAPES: dict[str, EncoderConfig] = {
     "tiny": EncoderConfig(vocab_size=259, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64),

@@ -21,12 +21,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from autext_jax import paths, tables
+from autext_jax import paths
+from autext_jax.data import tables
 from autext_jax.errors import EXIT_USAGE, InputDataError
 
-FORMATS = ("auto", "tsv", "csv", "json", "parquet", "disk")
-_SUFFIX_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-_TABLE_FORMATS = {"tsv": "tsv", "csv": "csv", "json": "jsonl"}
+# Training reads the labelled table formats of ``tables`` (same names), Parquet and saved datasets.
+_TABLE_FORMATS = ("tsv", "csv", "jsonl")
+FORMATS = ("auto", *_TABLE_FORMATS, "parquet", "disk")
 HUB = "hub"
 _HUB_ID = re.compile(r"^hf://datasets/([\w.-]+/[\w.-]+)(?::([\w.-]+))?/?$")
 # Columns a table source keeps, each under one name (the first alias present wins).
@@ -45,9 +46,11 @@ class DataUsageError(DataError):
 
 
 def format_of(path: str) -> str | None:
-    name = paths.name(path).lower().removesuffix(".gz")
-    suffix = "." + name.rsplit(".", 1)[-1] if "." in name else ""
-    return _SUFFIX_FORMATS.get(suffix)
+    """A training file's format from its name (``.gz`` ignored), ``None`` for anything else (``.txt``)."""
+    if paths.name(path).lower().removesuffix(".gz").endswith(".parquet"):
+        return "parquet"
+    fmt = tables.format_of(path, default=None)
+    return fmt if fmt in _TABLE_FORMATS else None
 
 
 def _is_saved_dataset(path: str) -> bool:
@@ -122,7 +125,7 @@ def read_source(source: str, fmt: str, cache_dir: str | None = None):
         raise DataError(f"{source} is empty (no rows)")
     try:
         if fmt in _TABLE_FORMATS:
-            return _read_table(source, _TABLE_FORMATS[fmt], cache_dir)
+            return _read_table(source, fmt, cache_dir)
         return _read_other(source, fmt, cache_dir)
     except DataError:
         raise

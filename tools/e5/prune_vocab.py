@@ -27,12 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from autext_jax import cli  # noqa: E402
-from autext_jax.errors import UsageError  # noqa: E402
-from tools._spm_tokenizer import build_xlmr_tokenizer  # noqa: E402
+from autext_jax import cli
+from autext_jax.errors import UsageError
+from tools.e5.spm_tokenizer import build_xlmr_tokenizer
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "autextification"
 WORD_KEY = "embeddings.word_embeddings.weight"
@@ -104,7 +101,7 @@ def select_pieces(
 
 def load_texts(paths: Sequence[Path]) -> list[str]:
     """The training texts, read by the same loader training uses."""
-    from autext_jax.data import load_examples
+    from autext_jax.data.dataset import load_examples
 
     return list(load_examples([str(p) for p in paths])["text"])
 

@@ -24,11 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from autext_jax import sharding as shd
-from autext_jax.config import KNOWN_ENCODERS, PUBLISHED_CONFIG_JSON, ConfigError, EncoderConfig, ModelConfig
+from autext_jax.config import (
+    KNOWN_ENCODERS,
+    PUBLISHED_CONFIG_JSON,
+    ConfigError,
+    EncoderConfig,
+    ModelConfig,
+    is_model_config,
+    read_json_object,
+)
 from autext_jax.errors import EXIT_BAD_INPUT, AutextError, UsageError
+from autext_jax.model import abstract_model, compute_dtype
+from autext_jax.train import sharding as shd
+from autext_jax.train.optim import build_optimizer
+from autext_jax.train.steps import TrainSteps, describe_model
+from autext_jax.train.throughput import peak_flops
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +72,20 @@ class Chip:
     dims: int  # ICI torus dimensions
     cores_per_chip_in_name: int  # v4-8 counts TensorCores: 4 chips
     hbm_gib: float
-    peak_bf16_tflops: float
+    device_kind: str  # jax.Device.device_kind: its peak FLOP/s come from throughput.PEAK_FLOPS
     megacore: bool  # one JAX device per chip spanning its two TensorCores
+
+    @property
+    def peak_bf16_tflops(self) -> float | None:
+        peak = peak_flops(self.device_kind)
+        return None if peak is None else peak / 1e12
 
 
 CHIPS = {
-    "v4": Chip("v4", "v4", "v4", 3, 2, 32, 275, True),
-    "v5e": Chip("v5e", "v5e", "v5litepod", 2, 1, 16, 197, False),
-    "v5p": Chip("v5p", "v5", "v5p", 3, 2, 95, 459, True),
-    "v6e": Chip("v6e", "v6e", "v6e", 2, 1, 32, 918, False),
+    "v4": Chip("v4", "v4", "v4", 3, 2, 32, "TPU v4", True),
+    "v5e": Chip("v5e", "v5e", "v5litepod", 2, 1, 16, "TPU v5 lite", False),
+    "v5p": Chip("v5p", "v5", "v5p", 3, 2, 95, "TPU v5", True),
+    "v6e": Chip("v6e", "v6e", "v6e", 2, 1, 32, "TPU v6 lite", False),
 }
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6": "v6e"}
 
@@ -194,10 +210,8 @@ def model_config_for(cfg) -> ModelConfig:
         return cfg.model.replace(encoder=KNOWN_ENCODERS[init])
     config_file = Path(init).expanduser() / "config.json"
     if config_file.is_file():
-        import json
-
-        data = json.loads(config_file.read_text())
-        if "hidden_nodes" in data:  # one of our (or the published) model directories
+        data = read_json_object(config_file)
+        if is_model_config(data):
             return ModelConfig.from_published_json(data, base_dir=config_file.parent)
         return cfg.model.replace(encoder=EncoderConfig.from_hf_config(data))
     raise ConfigError(
@@ -265,13 +279,8 @@ def report_from_compiled(name: str, compiled, rows: int, length: int, chips: int
 
 def compile_steps(cfg, devices: list[Any]) -> list[StepReport]:
     """Lower and compile the real train and eval steps of ``cfg`` for ``devices`` (abstract inputs only)."""
-    from autext_jax.model import abstract_model
-    from autext_jax.optim import build_optimizer
-    from autext_jax.steps import TrainSteps, describe_model
-
     model_cfg = model_config_for(cfg)
-    dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else None
-    layout, _ = describe_model(abstract_model(model_cfg, dtype=dtype))
+    layout, _ = describe_model(abstract_model(model_cfg, dtype=compute_dtype(cfg.dtype)))
     mesh = shd.make_mesh(cfg.mesh, devices)
     shd.check_batch_size(cfg.batch_size, mesh)
     shd.check_batch_size(cfg.eval.batch_size, mesh, what="eval.batch_size")
