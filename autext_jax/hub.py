@@ -10,13 +10,12 @@ import os
 import re
 from pathlib import Path
 
-import autext_jax
 from autext_jax import paths
 from autext_jax.config import ModelConfig
 from autext_jax.errors import AutextError
 from autext_jax.hf_layout import ConversionError
 
-DEFAULT_MODEL_DIR: Path = Path(autext_jax.__file__).parent / "assets" / "autext-jax-mini"
+DEFAULT_MODEL_DIR: Path = Path(__file__).resolve().parent / "assets" / "autext-jax-mini"
 
 # Files a model directory needs: weights, configs, the sentencepiece model and tokenizer files.
 ALLOW_PATTERNS = (

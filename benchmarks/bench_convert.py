@@ -1,6 +1,6 @@
 """Measure checkpoint conversion on a random full-size (xlm-roberta-base) model in the published layout.
 
-    python tools/bench_convert.py --workdir /tmp/bench_convert [--keep]
+    python benchmarks/bench_convert.py --workdir /tmp/bench_convert [--keep]
 
 Writes a random ``model.safetensors`` (≈1.11 GB) and the published ``config.json`` (no ``encoder``
 object: the encoder comes from the built-in ``xlm-roberta-base`` entry), then converts it in a

@@ -17,8 +17,8 @@ new cache (the second run is the "second run" figure). ``--model DIR`` times tha
 Texts: ``<shared>/data/autextification/subtask_1/{en,es}/train.tsv.gz`` when present, else
 generated sentences. Tokenizer: ``<shared>/xlmr-tokenizer`` when present, else the tiny test one.
 
-    nice python tools/bench_infer.py --texts 160 --rounds 2
-    nice python tools/bench_infer.py --texts 160 --fresh
+    nice python benchmarks/bench_infer.py --texts 160 --rounds 2
+    nice python benchmarks/bench_infer.py --texts 160 --fresh
 """
 
 from __future__ import annotations

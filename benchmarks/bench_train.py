@@ -1,7 +1,7 @@
 """Training-step throughput: examples/s, tokens/s and MFU for tiny, mini (e5-small) and XLM-R-base shapes.
 
-    python tools/bench_train.py                                  # CPU defaults: small batch, few steps
-    python tools/bench_train.py --dtype bfloat16 --batch 32 --length 128 --steps 20   # GPU/TPU
+    python benchmarks/bench_train.py                                  # CPU defaults: small batch, few steps
+    python benchmarks/bench_train.py --dtype bfloat16 --batch 32 --length 128 --steps 20   # GPU/TPU
 
 The step timed is the real jitted, sharded ``TrainSteps.train_step`` (AdamW, clipping, dropout) on
 random weights and full-length synthetic batches. MFU = model FLOP/s ÷ a matmul peak measured here
@@ -32,7 +32,7 @@ from autext_jax.train.steps import TrainSteps, describe_model
 
 SHAPES: dict[str, EncoderConfig] = {
     "tiny": EncoderConfig(vocab_size=259, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64),
-    # multilingual-e5-small as imported by tools/import_e5.py (full vocabulary; pruning only shrinks it)
+    # multilingual-e5-small as imported by tools/e5/import_e5.py (full vocabulary; pruning only shrinks it)
     "mini": EncoderConfig(
         vocab_size=250_037, hidden_size=384, num_layers=12, num_heads=12, intermediate_size=1536
     ),

@@ -1,7 +1,7 @@
-"""The stronger default model's recipe (issue 11): all 12 layers of multilingual-e5-small, two epochs.
+"""A stronger default model's recipe: all 12 layers of multilingual-e5-small, two epochs.
 
-    python tools/import_e5.py --out e5/full-12l                      # all 12 layers
-    python tools/prune_vocab.py --model e5/full-12l --out e5/pruned-12l --keep 24000
+    python -m tools.e5.import_e5 --out e5/full-12l                      # all 12 layers
+    python -m tools.e5.prune_vocab --model e5/full-12l --out e5/pruned-12l --keep 24000
     python -m autext_jax.train --config configs/e5_small12.py --workdir runs/e5_small12 --init e5/pruned-12l
 
 What changed from ``configs/mini.py`` (6 layers, 1,000 + 672 steps in two stages) and why:

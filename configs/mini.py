@@ -1,9 +1,9 @@
-"""Fine-tune the embedded mini model: multilingual-e5-small (from ``tools/import_e5.py``) + fresh heads.
+"""Fine-tune the embedded mini model: multilingual-e5-small (from ``tools/e5/import_e5.py``) + fresh heads.
 
 The shipped ``autext-jax-mini`` was made with exactly this config (see its MODEL_CARD.md)::
 
-    python tools/import_e5.py --out e5/full-6l --layers 6
-    python tools/prune_vocab.py --model e5/full-6l --out e5/pruned-6l --keep 24000
+    python -m tools.e5.import_e5 --out e5/full-6l --layers 6
+    python -m tools.e5.prune_vocab --model e5/full-6l --out e5/pruned-6l --keep 24000
     python -m autext_jax.train --config configs/mini.py --workdir runs/mini --init e5/pruned-6l
 
 ``--init`` is the encoder-only HF-layout directory written by the two tools: the first 6 of e5-small's

@@ -276,7 +276,7 @@ def test_encoder_only_hf_checkpoint_with_mlm_head(tmp_path, tiny_config, referen
 
 
 def test_encoder_only_without_prefix_keeps_its_pooler(tmp_path, tiny_config, reference_state) -> None:
-    """As tools/import_e5.py writes: XLMRobertaModel names without prefix, pooler included."""
+    """As tools/e5/import_e5.py writes: XLMRobertaModel names without prefix, pooler included."""
     tensors = {
         k[len("transformer.") :]: v for k, v in reference_state.items() if k.startswith("transformer.")
     }

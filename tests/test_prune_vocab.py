@@ -1,4 +1,4 @@
-"""tools/prune_vocab.py: pruned model + tokenizer behave exactly like the full ones on kept pieces."""
+"""tools/e5/prune_vocab.py: pruned model + tokenizer behave exactly like the full ones on kept pieces."""
 
 from __future__ import annotations
 

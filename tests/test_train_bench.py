@@ -1,4 +1,4 @@
-"""tools/bench_train.py: the FLOP model, and one real bf16 run of the tiny shape (the GPU code path)."""
+"""benchmarks/bench_train.py: the FLOP model, and one real bf16 run of the tiny shape (the GPU code path)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from autext_jax.config import EncoderConfig, ModelConfig
 
-TOOL = Path(__file__).resolve().parent.parent / "tools" / "bench_train.py"
+TOOL = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_train.py"
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,7 @@ def train_log():
 
 
 def _encoder_only_dir(model_dir: Path, out: Path) -> Path:
-    """What tools/import_e5.py writes: XLMRobertaModel key names (no prefix), an HF XLM-R config.json."""
+    """What tools/e5/import_e5.py writes: XLMRobertaModel key names (no prefix), an HF XLM-R config.json."""
     from safetensors.numpy import load_file, save_file
 
     from autext_jax.config import ModelConfig

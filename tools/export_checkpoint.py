@@ -1,6 +1,6 @@
 """Re-export a model directory in our reference layout (optionally float16), check it scores the same.
 
-    python tools/export_checkpoint.py SRC OUT [--storage-dtype float16] [--check-texts FILE] [--tolerance T]
+    python -m tools.export_checkpoint SRC OUT [--storage-dtype float16] [--check-texts FILE] [--tolerance T]
 
 SRC is anything ``autext_jax.load`` accepts (our layout, the published layout, a pickled ``.bin``
 with ``--allow-pickle``, a ``--key-map``). OUT gets ``model.safetensors``, ``config.json`` and the

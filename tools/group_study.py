@@ -7,14 +7,14 @@ and style as what separates the clusters). Each group is then held out in turn: 
 on the other groups and scored on the held-out one, so the figure says how a recipe transfers to a
 domain it never saw, unlike an in-domain validation split.
 
-    python tools/group_study.py assign --encoder e5/pruned-12l --data DATA --groups 3 --out study/groups.tsv
-    python tools/group_study.py split --groups-file study/groups.tsv --data DATA --out study/folds
+    python -m tools.group_study assign --encoder e5/pruned-12l --data DATA --groups 3 --out study/groups.tsv
+    python -m tools.group_study split --groups-file study/groups.tsv --data DATA --out study/folds
     # for each group G and recipe R (tools/make_default_model.sh does this loop):
     python -m autext_jax.train --config configs/R.py --workdir study/runs/R-gG --init INIT \
         --set data.paths=study/folds/gG/train
     python -m autext_jax.evaluate --model study/runs/R-gG/export --data study/folds/gG/heldout \
         --output-dir study/reports/R-gG
-    python tools/group_study.py table --reports study/reports --out study/table.md
+    python -m tools.group_study table --reports study/reports --out study/table.md
 
 ``assign`` writes ``groups.tsv`` (language, id, group) and ``groups.md`` (size, label balance, length
 and tweet markers per group, with example openings, so a reader can name each group). ``split``

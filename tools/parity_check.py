@@ -1,6 +1,6 @@
 """Compare the JAX port with the original PyTorch model on the same texts.
 
-    python tools/parity_check.py MODEL_DIR_OR_HUB_ID [--tolerance 1e-5] [--key-map MAP.json]
+    python -m tools.parity_check MODEL_DIR_OR_HUB_ID [--tolerance 1e-5] [--key-map MAP.json]
 
 The directory must hold the original ``model.py`` (and ``config.py`` if it has one). Its model class
 (named by ``config.json``'s ``auto_map``) is built directly — transformers 5 refuses the original

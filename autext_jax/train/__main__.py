@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile-only",
         action="store_true",
         help="compile the train and eval steps, print HBM per chip and FLOPs, exit 1 if they do not fit; "
-        "no weights, data or workdir are touched (autext_jax/aot.py)",
+        "no weights, data or workdir are touched (autext_jax/train/aot.py)",
     )
     p.add_argument(
         "--topology",

@@ -22,7 +22,8 @@ from tqdm import tqdm
 from autext_jax import paths
 from autext_jax.config import ConfigError
 from autext_jax.convert import export_model
-from autext_jax.data.dataset import BatchStream, build_datasets, eval_batches
+from autext_jax.data.dataset import build_datasets
+from autext_jax.data.stream import BatchStream, eval_batches
 from autext_jax.model import compute_dtype
 from autext_jax.train import sharding as shd
 from autext_jax.train.checkpointing import Checkpointer, CheckpointMismatchError

