@@ -53,3 +53,9 @@ def test_no_module_puts_the_checkout_on_sys_path(path: Path) -> None:
     """Tools are a package (``python -m tools.NAME``): none finds its neighbours by editing ``sys.path``."""
     hacks = [line for line in path.read_text().splitlines() if "sys.path" in line and "__file__" in line]
     assert not hacks, f"{path.relative_to(REPO)}: {hacks}"
+
+
+def test_every_package_folder_is_a_regular_package() -> None:
+    """setuptools' package discovery skips folders without ``__init__.py``: a wheel would lack them."""
+    folders = {p.parent for p in PACKAGE.rglob("*.py")}
+    assert sorted(f for f in folders if not (f / "__init__.py").is_file()) == []

@@ -104,7 +104,7 @@ def test_config_modules_do_not_import_orbax():
     import subprocess
     import sys
 
-    code = "import sys, autext_jax.train_config; print('orbax' in ' '.join(sys.modules))"
+    code = "import sys, autext_jax.train.config; print('orbax' in ' '.join(sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
