@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("libtpu", reason="libtpu is not installed (pip install -e '.[tpu]'); .ci/run has a venv")
 
-from autext_jax import aot, sharding  # noqa: E402
+from autext_jax.train import aot, sharding  # noqa: E402
 from autext_jax.train.config import apply_overrides, load_config_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
