@@ -99,11 +99,27 @@ def tiny_config() -> ModelConfig:
 
 
 TINY_MODEL_SEED = 0
+HEAD_SPREAD = 0.7
+
+
+def spread_heads(model: nnx.Module, seed: int, scale: float = HEAD_SPREAD) -> nnx.Module:
+    """Give both heads large random kernels (std ``scale``), in place, and return the model.
+
+    A fresh model's heads are so small that every text scores within ~1e-3 of 0.5, so a test comparing
+    scores could not tell two texts, a plain from a weighted mean, or a constant 0.5 from the model.
+    With these kernels the logits span several units and different texts get clearly different scores.
+    """
+    rng = np.random.default_rng(seed)
+    for head in (model.bot_head, model.lang_head):
+        for linear in (head.hidden, head.out):
+            linear.kernel.set_value(jnp.asarray(rng.normal(0.0, scale, linear.kernel.shape), jnp.float32))
+    return model
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir, tiny_config) -> Path:
-    """A random tiny model (seed ``TINY_MODEL_SEED``) exported in the published HF layout + tiny tokenizer.
+    """A random tiny model (seed ``TINY_MODEL_SEED``, heads spread by ``spread_heads``) exported in the
+    published HF layout + tiny tokenizer.
 
     Read-only for tests: copy it first if a test must modify files.
     """
@@ -111,7 +127,7 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir, tiny_config) -> Path:
     from autext_jax.model import create_model
 
     out = tmp_path_factory.mktemp("tiny_model")
-    model = create_model(tiny_config, seed=TINY_MODEL_SEED)
+    model = spread_heads(create_model(tiny_config, seed=TINY_MODEL_SEED), seed=TINY_MODEL_SEED)
     return export_checkpoint(model, tiny_config, out, tokenizer_dir=tiny_tokenizer_dir)
 
 
