@@ -116,18 +116,43 @@ def spread_heads(model: nnx.Module, seed: int, scale: float = HEAD_SPREAD) -> nn
     return model
 
 
+ENCODER_GAIN = 8.0
+
+
+def discriminative_model(cfg: ModelConfig, seed: int) -> nnx.Module:
+    """A random model whose scores tell texts apart: the fixture for tests that compare scores.
+
+    At XLM-R's init (std 0.02) a tiny encoder's pooled vector barely depends on the text (relative spread
+    ~2e-3), so no head can separate texts. Encoder kernels ``ENCODER_GAIN`` times larger make attention and
+    the feed-forward blocks matter (relative spread ~0.3); heads at unit gain (std 1/sqrt(fan-in)) then give
+    logits of order 1, so probabilities spread over (0, 1) without saturating.
+    """
+    from autext_jax.model import create_model
+
+    model = create_model(cfg, seed=seed)
+    for _, node in nnx.iter_graph(model.encoder):
+        if isinstance(node, nnx.Linear):
+            node.kernel.set_value(node.kernel.get_value() * ENCODER_GAIN)
+    rng = np.random.default_rng(seed)
+    for head in (model.bot_head, model.lang_head):
+        for linear in (head.hidden, head.out):
+            fan_in = linear.kernel.shape[0]
+            kernel = rng.normal(0.0, 1.0 / np.sqrt(fan_in), linear.kernel.shape)
+            linear.kernel.set_value(jnp.asarray(kernel, jnp.float32))
+    return model
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir, tiny_config) -> Path:
-    """A random tiny model (seed ``TINY_MODEL_SEED``, heads spread by ``spread_heads``) exported in the
-    published HF layout + tiny tokenizer.
+    """A random tiny model (``discriminative_model``, seed ``TINY_MODEL_SEED``) exported in the published
+    HF layout + tiny tokenizer.
 
     Read-only for tests: copy it first if a test must modify files.
     """
     from autext_jax.convert import export_checkpoint
-    from autext_jax.model import create_model
 
     out = tmp_path_factory.mktemp("tiny_model")
-    model = spread_heads(create_model(tiny_config, seed=TINY_MODEL_SEED), seed=TINY_MODEL_SEED)
+    model = discriminative_model(tiny_config, seed=TINY_MODEL_SEED)
     return export_checkpoint(model, tiny_config, out, tokenizer_dir=tiny_tokenizer_dir)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import forward_logits, spread_heads, tiny_model_config
+from conftest import discriminative_model, forward_logits, tiny_model_config
 
 from autext_jax.data import batching
 from autext_jax.engine import EngineOptions, InferenceEngine
@@ -35,7 +35,7 @@ def tokenizer(tiny_tokenizer_dir):
 
 @pytest.fixture(scope="module")
 def model():
-    return spread_heads(create_model(tiny_model_config(), seed=3), seed=3)
+    return discriminative_model(tiny_model_config(), seed=3)
 
 
 def make_engine(model, tokenizer, **options) -> InferenceEngine:
@@ -174,14 +174,13 @@ _SHARDED = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import jax
-from conftest import build_tiny_tokenizer, tiny_model_config
+from conftest import build_tiny_tokenizer, discriminative_model, tiny_model_config
 from autext_jax.api import load_tokenizer
 from autext_jax.engine import EngineOptions, InferenceEngine
-from autext_jax.model import create_model
 texts = json.load(open(sys.argv[2]))
 tok = load_tokenizer(build_tiny_tokenizer(__import__("pathlib").Path(sys.argv[3]) / "tok"))
 options = EngineOptions(max_length=64, batch_size=2)
-engine = InferenceEngine(create_model(tiny_model_config(), seed=3), tok, options)
+engine = InferenceEngine(discriminative_model(tiny_model_config(), seed=3), tok, options)
 out = engine.logits(texts)
 print(json.dumps({"devices": len(jax.devices()), "bot": out["bot"].tolist(),
                   "rows": sorted({r for r, _ in engine.stats.shapes})}))
