@@ -45,7 +45,7 @@ def test_score_iter_streams_the_same_records(detector):
     assert [r["is_bot"] for r in records] == scores["is_bot"].tolist()
     assert all(r["n_chunks"] == 1 for r in records)
     # Neighbouring texts score apart, so a swapped pair of records would fail the comparison above.
-    assert np.abs(np.diff(scores["bot_prob"][:3])).min() > 0.01
+    assert np.abs(np.diff(scores["bot_prob"][:3])).min() > 1e-3
 
 
 def test_threshold_override_changes_only_is_bot(tiny_model_dir, detector):
@@ -63,7 +63,7 @@ def test_chunked_long_text(tiny_model_dir):
     assert record["n_chunks"] > 3 and 0.0 < record["bot_prob"] < 1.0
 
 
-BF16_TOL = 0.02
+BF16_TOL = 4e-3  # measured worst 2.2e-3 over 4 model seeds
 
 
 def test_bfloat16_is_close_to_float32(tiny_model_dir, detector):
@@ -71,7 +71,7 @@ def test_bfloat16_is_close_to_float32(tiny_model_dir, detector):
     full = detector.score(TEXTS)
     np.testing.assert_allclose(half.score(TEXTS)["bot_prob"], full["bot_prob"], atol=BF16_TOL, rtol=0)
     # A constant (e.g. 0.5) would fail: the fp32 scores spread far wider than the tolerance.
-    assert np.ptp(full["bot_prob"]) > 20 * BF16_TOL
+    assert np.ptp(full["bot_prob"]) > 10 * BF16_TOL
     with pytest.raises(ValueError, match="dtype"):
         load(tiny_model_dir, dtype="float16")
 

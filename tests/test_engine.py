@@ -100,7 +100,7 @@ def test_streaming_reads_lazily_and_keeps_order(model, tokenizer):
     assert tags == list(range(len(texts)))
 
 
-CHUNK_TOL = 1e-5
+CHUNK_TOL = 5e-7  # measured worst 8.1e-8 over 4 model seeds
 
 
 def test_chunk_mode_weighted_mean_of_windows(model, tokenizer):
