@@ -97,22 +97,25 @@ def _write_eval_data(root: Path) -> Path:
 
 
 def test_cli_writes_report_plots_and_predictions(tmp_path, tiny_model_dir):
+    # The expected F1 comes from the fixture's own labels and the Python API's scores, not from the run;
+    # the threshold is their median, so both classes are predicted and a misaligned score changes the F1.
+    _, texts, labels = zip(*_eval_rows(), strict=True)
+    probs = load(tiny_model_dir).score(list(texts))["bot_prob"]
+    cut = float(np.median(probs))
+    predicted = probs >= cut
+    assert 0 < predicted.sum() < len(texts)
+    expected = skm.f1_score(labels, predicted, average="macro")
     data = _write_eval_data(tmp_path / "data")
     out = tmp_path / "out"
     argv = ["--model", str(tiny_model_dir), "--data", str(data), "--output-dir", str(out)]
     argv += ["--bootstrap", "50"]
-    assert ev.main([*argv, "--save-predictions"]) == 0
+    assert ev.main([*argv, "--save-predictions", "--threshold", repr(cut)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["threshold_source"] == "the model's configured threshold" and report["threshold"] == 0.5
+    assert report["threshold_source"] == "given" and report["threshold"] == cut
     assert {k: v["n"] for k, v in report["per_language"].items()} == {"en": 24, "es": 24}
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 48
-    assert all(r["is_bot"] == (np.float32(r["bot_prob"]) >= np.float32(0.5)) for r in rows)
-    # The expected F1 comes from the fixture's own labels and the Python API's scores, not from the run.
-    _, texts, labels = zip(*_eval_rows(), strict=True)
-    predicted = load(tiny_model_dir).score(list(texts))["is_bot"]
-    assert 0 < predicted.sum() < len(texts)  # both classes predicted: F1 is not a one-class artefact
-    expected = skm.f1_score(labels, predicted, average="macro")
+    assert all(r["is_bot"] == (np.float32(r["bot_prob"]) >= cut) for r in rows)
     for lang in ("en", "es"):
         assert report["per_language"][lang]["macro_f1"] == pytest.approx(expected, abs=1e-12)
     assert 0 <= report["language_accuracy"]["accuracy"] <= 1
