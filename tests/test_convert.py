@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL_SEED, tiny_model_config
+from conftest import TINY_MODEL_SEED, discriminative_model, tiny_model_config
 from reference_torch import reference_from_model_config
 from safetensors.numpy import load_file, save_file
 
@@ -70,7 +70,7 @@ def test_exported_tiny_model_loads_exactly(tiny_model_dir, tiny_config, referenc
     loaded = load_checkpoint(tiny_model_dir)
     assert loaded.config == tiny_config and loaded.fresh == () and loaded.ignored == ()
     _assert_same_params(loaded, reference_state)
-    original = create_model(tiny_config, seed=TINY_MODEL_SEED)
+    original = discriminative_model(tiny_config, seed=TINY_MODEL_SEED)
     original.eval()
     for task in ("bot", "english"):  # eval mode: dropout off, so outputs match exactly
         np.testing.assert_array_equal(
