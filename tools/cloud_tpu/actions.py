@@ -18,7 +18,7 @@ from tools.cloud_tpu.gcloud import Gcloud, GcloudError, log
 
 TRAIN_MODULE, SCORE_MODULE = "autext_jax.train", "autext_jax.infer"
 PROVISIONING = ("ACCEPTED", "WAITING_FOR_RESOURCES", "PROVISIONING", "CREATING")
-GONE = ("SUSPENDING", "SUSPENDED", "FAILED", "NOT_FOUND")  # the only states that make watch re-create
+GONE = ("SUSPENDED", "FAILED", "NOT_FOUND")  # with a lasting SUSPENDING, the states that make watch re-create
 
 
 def _missing(err: GcloudError) -> bool:
@@ -67,7 +67,7 @@ def wait_active(args: argparse.Namespace, run: Gcloud) -> None:
         if now == "ACTIVE":
             log(f"slice {args.name} is ACTIVE")
             return
-        if now in GONE:
+        if now in GONE or now == "SUSPENDING":
             raise GcloudError(commands.describe(args), 1, f"queued resource {args.name} became {now}")
         log(f"slice {args.name} is {now}: waiting {args.poll:g} s")
         run.sleep(args.poll)

@@ -3,8 +3,9 @@
 Each poll: the export exists → done (the slice is deleted unless ``--keep``). Otherwise the queued
 resource's state decides, read with retries — a failed ``describe`` is never taken for a lost slice:
 
-- SUSPENDING, SUSPENDED, FAILED, NOT_FOUND: the slice is gone; delete, create, set up and launch again
-  (at most ``--max-recreates`` times);
+- SUSPENDED, FAILED, NOT_FOUND: the slice is gone; delete, create, set up and launch again (at most
+  ``--max-recreates`` times); SUSPENDING: wait for SUSPENDED (the workers are saving their checkpoint on
+  the preemption notice), re-create after ``SUSPENDING_WAIT_S`` of it;
 - ACCEPTED, WAITING_FOR_RESOURCES, PROVISIONING, CREATING: wait;
 - ACTIVE: ``WORKDIR/run_status.json`` (written by training) says whether the run goes on; a run that
   failed, or stopped while its slice stays ACTIVE, or never reported after its launch, is relaunched on
@@ -25,6 +26,7 @@ from autext_jax.errors import AutextError
 from tools.cloud_tpu import actions
 from tools.cloud_tpu.gcloud import Gcloud, GcloudError, log
 
+SUSPENDING_WAIT_S = 120.0  # Spot VMs get 30 s between the notice and the stop
 CLOCK_SKEW_S = 2.0  # a status written this long before our launch still counts as the new run's
 
 
@@ -44,6 +46,8 @@ class Watch:
     launched_at: float | None = None
     last_report: tuple = field(default_factory=tuple)
     stopped_polls: int = 0
+    suspending_since: float | None = None
+    seen_slice: bool = False  # a slice missing from the start is created, not counted as re-created
 
     @property
     def export(self) -> str:
@@ -68,7 +72,14 @@ class Watch:
             why = " ".join(err.stderr.split())[-120:]
             log(f"describe failed {self.args.describe_tries} times in a row ({why}); not acting on it")
             return
-        if state in actions.GONE:
+        self.seen_slice = self.seen_slice or state != "NOT_FOUND"
+        if state == "SUSPENDING":
+            self.suspending_since = self.suspending_since or self.clock()
+            if self.clock() - self.suspending_since < SUSPENDING_WAIT_S:
+                log(f"slice {self.args.name} is SUSPENDING (preempted; the run saves): waiting for SUSPENDED")
+                return
+        self.suspending_since = None
+        if state in actions.GONE or state == "SUSPENDING":
             self._recreate(state)
         elif state in actions.PROVISIONING:
             log(f"slice {self.args.name} is {state}: waiting")
@@ -78,6 +89,12 @@ class Watch:
             log(f"slice {self.args.name} is {state}: not acting on it")
 
     def _recreate(self, state: str) -> None:
+        if state == "NOT_FOUND" and not self.seen_slice:
+            log(f"slice {self.args.name} does not exist: creating it")
+            self.seen_slice = True
+            actions.create(self.args, self.run)
+            self._launch(setup=True)
+            return
         if self.recreates >= self.args.max_recreates:
             self._give_up(f"slice {self.args.name} is {state} and was re-created {self.recreates} times")
         self.recreates += 1
