@@ -35,7 +35,8 @@ def test_watch_survives_a_preemption_and_exports_the_uninterrupted_bytes(gcs, ti
     env = dict(os.environ, **gcs, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_COMPILE)
     env["HF_DATASETS_CACHE"] = str(tmp_path / "hf_datasets")
     train_args = [
-        "--set", f"tokenizer={tiny_tokenizer_dir}", "--set", f"data.paths={data}", "--set", "data.max_length=16",
+        "--set", f"tokenizer={tiny_tokenizer_dir}", "--set", f"data.paths={data}",
+        "--set", "data.max_length=16",
         "--set", "log_every=1", "--set", "progress=false",
         "--max-steps", str(STEPS), "--checkpoint-every", str(EVERY),
         # JAX's own gs:// compile cache stalled against the emulator: a local one per worker here
@@ -47,8 +48,9 @@ def test_watch_survives_a_preemption_and_exports_the_uninterrupted_bytes(gcs, ti
     ref = [
         subprocess.Popen(
             [sys.executable, "-m", "autext_jax.train", "--config", config, "--workdir", "gs://bkt/reference",
-             *train_args, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+             *train_args, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+             "--process-id", str(i)],
+            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         for i in range(2)
     ]  # fmt: skip
@@ -66,7 +68,8 @@ def test_watch_survives_a_preemption_and_exports_the_uninterrupted_bytes(gcs, ti
          "--poll", "1", "--backoff", "1", "--accelerator-type", "v5litepod-16", "--spot",
          "--source", str(REPO), "--extra", "gcs", "--config", "configs/tiny.py",
          "--workdir", "gs://bkt/run", "--start-timeout", "600", "--", *train_args],
-        env=dict(fake.env(env), PYTHONPATH=str(REPO)), cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT,
+        env=dict(fake.env(env), PYTHONPATH=str(REPO)), cwd=tmp_path,
+        stdout=log.open("w"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.monotonic() + 420
     while time.monotonic() < deadline and watch.poll() is None:

@@ -148,7 +148,7 @@ def staged_init(args: argparse.Namespace, run: Gcloud) -> str | None:
             tries=args.tries,
             backoff=args.backoff,
         )
-    run(commands.storage_cp("-", marker), stdin=f"{args.init}\n")
+    run(commands.storage_put(marker), stdin=f"{args.init}\n")
     return url
 
 

@@ -76,3 +76,8 @@ def storage_cat(url: str) -> list[str]:
 
 def storage_cp(src: str, dst: str) -> list[str]:
     return ["gcloud", "storage", "cp", "-r", src, dst]
+
+
+def storage_put(dst: str) -> list[str]:
+    """Write stdin to ``dst``."""
+    return ["gcloud", "storage", "cp", "-", dst]
