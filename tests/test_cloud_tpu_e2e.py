@@ -6,6 +6,7 @@ export → slice deleted. The export must be byte-identical to an uninterrupted 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -14,23 +15,21 @@ from pathlib import Path
 
 import pytest
 from test_train_cli import FAST_COMPILE, _free_port, write_learnable_data
-from test_train_storage import _gcs_env, _gs_records, gcs  # noqa: F401 - gcs is a fixture
+from test_train_storage import gcs  # noqa: F401 - gcs is a fixture
 
-from tests.fake_gcloud import FakeCloud
+from tests.fake_gcloud import FakeCloud, _Bucket
 
 pytest.importorskip("gcp_storage_emulator")
 REPO = Path(__file__).resolve().parent.parent
 STEPS, EVERY, PREEMPT_AT = 40, 10, 15
 
 
-def _sha256(fs, url: str) -> str:
-    return hashlib.sha256(fs.cat(url)).hexdigest()
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.mark.slow
 def test_watch_survives_a_preemption_and_exports_the_uninterrupted_bytes(gcs, tiny_tokenizer_dir, tmp_path):  # noqa: F811
-    import gcsfs
-
     data = write_learnable_data(tmp_path / "data")
     env = dict(os.environ, **gcs, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_COMPILE)
     env["HF_DATASETS_CACHE"] = str(tmp_path / "hf_datasets")
@@ -57,10 +56,8 @@ def test_watch_survives_a_preemption_and_exports_the_uninterrupted_bytes(gcs, ti
     for p in ref:
         assert p.wait(timeout=600) == 0, p.stderr.read()[-3000:]
 
-    for key, value in gcs.items():
-        os.environ[key] = value
-    gcsfs.GCSFileSystem.clear_instance_cache()
-    fs = gcsfs.GCSFileSystem(token="anon")
+    os.environ["STORAGE_EMULATOR_HOST"] = gcs["STORAGE_EMULATOR_HOST"]
+    bucket = _Bucket()
     fake = FakeCloud(tmp_path / "cloud")
     log = tmp_path / "watch.log"
     watch = subprocess.Popen(
@@ -73,7 +70,8 @@ def test_watch_survives_a_preemption_and_exports_the_uninterrupted_bytes(gcs, ti
     )  # fmt: skip
     deadline = time.monotonic() + 420
     while time.monotonic() < deadline and watch.poll() is None:
-        steps = [r["step"] for r in _gs_records(fs, "gs://bkt/run") if r["split"] == "train"]
+        text = (bucket.read("gs://bkt/run/metrics.jsonl") or b"").decode()
+        steps = [r["step"] for r in map(json.loads, text.splitlines()[:-1]) if r["split"] == "train"]
         if steps and max(steps) >= PREEMPT_AT:
             fake.preempt("e2e", grace=20)
             break
@@ -92,6 +90,8 @@ def test_watch_survives_a_preemption_and_exports_the_uninterrupted_bytes(gcs, ti
     assert sorted(
         c[3] for c in fake.calls() if c[:3] == ["compute", "tpus", "queued-resources"] and c[3] != "describe"
     ) == ["create", "create", "delete", "delete"]
-    ours, reference = (_sha256(fs, f"gs://bkt/{w}/export/model.safetensors") for w in ("run", "reference"))
+    ours, reference = (
+        _sha256(bucket.read(f"gs://bkt/{w}/export/model.safetensors")) for w in ("run", "reference")
+    )
     print(f"export sha256: relaunched {ours}, uninterrupted {reference}")
     assert ours == reference
