@@ -74,9 +74,10 @@ class Watch:
             return
         self.seen_slice = self.seen_slice or state != "NOT_FOUND"
         if state == "SUSPENDING":
-            self.suspending_since = self.suspending_since or self.clock()
-            if self.clock() - self.suspending_since < SUSPENDING_WAIT_S:
+            if self.suspending_since is None:
+                self.suspending_since = self.clock()
                 log(f"slice {self.args.name} is SUSPENDING (preempted; the run saves): waiting for SUSPENDED")
+            if self.clock() - self.suspending_since < SUSPENDING_WAIT_S:
                 return
         self.suspending_since = None
         if state in actions.GONE or state == "SUSPENDING":
