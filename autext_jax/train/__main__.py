@@ -25,7 +25,7 @@ from autext_jax.errors import UsageError
 from autext_jax.train import aot
 from autext_jax.train import sharding as shd
 from autext_jax.train.config import TrainConfig, apply_overrides, load_config_file
-from autext_jax.train.loop import run
+from autext_jax.train.loop import train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,7 +109,6 @@ def _main(args: argparse.Namespace) -> int:
     if args.topology and not args.compile_only:
         raise UsageError("--topology only goes with --compile-only (training runs on the attached devices)")
     if args.compile_only:
-
         print(json.dumps(aot.run(resolve_config(args), args.topology, args.batch_per_device)))
         return 0
     explicit = args.coordinator or args.num_processes is not None or args.process_id is not None
@@ -132,7 +131,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.batch_per_device is not None:
         total = shd.global_batch_size(args.batch_per_device, cfg.mesh, jax.device_count())
         cfg = cfg.replace(batch_size=total)
-    result = run(cfg, args.workdir)
+    result = train(cfg, args.workdir)
     if jax.process_index() == 0:
         print(json.dumps({k: v for k, v in result.items() if k != "validation"}))
     return 0
@@ -140,4 +139,3 @@ def _main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

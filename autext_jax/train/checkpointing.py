@@ -83,6 +83,12 @@ class Checkpointer:
             raise self._save_error(step if self._unchecked is None else self._unchecked, err) from None
         self._unchecked = step
 
+    def in_flight(self) -> int | None:
+        """The step of an asynchronous save still being written (``None``: none)."""
+        return (
+            self._unchecked if self._unchecked is not None and self.manager.is_saving_in_progress() else None
+        )
+
     def check(self) -> None:
         """Raise ``CheckpointError`` as soon as an asynchronous save has failed (cheap when none runs)."""
         if self._unchecked is None or self.manager.is_saving_in_progress():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -25,8 +26,9 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class StopSignals:
     """A context manager: while inside, SIGTERM/SIGINT set ``requested`` instead of ending the process."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_request: Callable[[], None] | None = None) -> None:
         self.requested = 0
+        self.on_request = on_request  # told at once (from the signal handler: must only set flags)
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame) -> None:
@@ -35,6 +37,8 @@ class StopSignals:
         if not self.requested:
             log.warning("%s received: saving a checkpoint and stopping", signal.Signals(signum).name)
         self.requested = self.requested or signum
+        if self.on_request is not None:
+            self.on_request()
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
