@@ -312,7 +312,7 @@ def test_divergence_exits_3(setup, tmp_path, capsys, monkeypatch):
     def diverge(cfg, workdir):
         raise errors.TrainingDiverged("step 2: loss became nan; stopped, the last good checkpoint is kept")
 
-    monkeypatch.setattr(train_cli, "run", diverge)
+    monkeypatch.setattr(train_cli, "train", diverge)
     code = train_cli.main([*setup["base"], "--workdir", str(tmp_path)])
     assert code == errors.EXIT_DIVERGED
     expected = (

@@ -20,12 +20,14 @@ from collections.abc import Sequence
 import jax
 
 from autext_jax import cli
-from autext_jax.compile_cache import enable_compile_cache
+from autext_jax.compile_cache import enable_compile_cache, train_cache_dir
 from autext_jax.errors import UsageError
 from autext_jax.train import aot
 from autext_jax.train import sharding as shd
 from autext_jax.train.config import TrainConfig, apply_overrides, load_config_file
 from autext_jax.train.loop import train
+
+log = logging.getLogger("autext_jax.train")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compile-cache",
         metavar="DIR",
-        help="persistent XLA compilation cache (local or gs://); a rerun or resume skips compiling",
+        help="persistent XLA compilation cache (local or gs://; default WORKDIR/compile_cache, 'off': "
+        "none); a relaunch or resume skips compiling",
     )
     p.add_argument("--coordinator", help="multi-process: coordinator host:port (or AUTEXT_COORDINATOR)")
     p.add_argument("--num-processes", type=int, help="multi-process: number of processes")
@@ -125,8 +128,10 @@ def _main(args: argparse.Namespace) -> int:
     shd.initialize_distributed(dist)
     # Other processes of a multi-process run keep to warnings: a pod's log is not repeated per host.
     cli.setup_logging("train", timestamps=True, primary=jax.process_index() == 0)
-    if args.compile_cache:
-        enable_compile_cache(args.compile_cache)
+    cache = train_cache_dir(args.compile_cache, args.workdir)
+    if cache is not None:
+        log.info("compile cache: %s", cache)
+        enable_compile_cache(cache)
     cfg = resolve_config(args)
     if args.batch_per_device is not None:
         total = shd.global_batch_size(args.batch_per_device, cfg.mesh, jax.device_count())

@@ -20,7 +20,7 @@ import numpy as np
 from autext_jax.errors import Stopped, TrainingDiverged
 from autext_jax.train.checkpointing import Checkpointer
 from autext_jax.train.metric_writers import MetricWriters
-from autext_jax.train.preemption import StopSignals
+from autext_jax.train.preemption import StopAgreement, StopSignals
 from autext_jax.train.throughput import mfu, train_flops
 
 log = logging.getLogger("autext_jax.train")
@@ -165,24 +165,25 @@ class EvalHook(Hook):
 
 
 class StopHook(Hook):
-    """Every ``every`` steps all processes agree whether one was signalled; then flush, save and stop."""
+    """At the steps ``agreement`` names all processes learn whether one was signalled; then flush,
+    save and stop (``preemption.py``)."""
 
     def __init__(
         self,
-        every: int,
+        agreement: StopAgreement,
         signals: StopSignals,
         *,
         flush: Callable[[int], None],
         save: Callable[[int, State], int],
     ):
-        super().__init__(every)
-        self.signals, self.flush, self.save = signals, flush, save
+        super().__init__(agreement.every)
+        self.agreement, self.signals, self.flush, self.save = agreement, signals, flush, save
 
     def due(self, step: int, last: bool) -> bool:
-        return super().due(step, last) and not last  # the last step saves and finishes anyway
+        return self.agreement.due(step) and not last  # the last step saves and finishes anyway
 
     def act(self, step: int, state: State) -> None:
-        signum = self.signals.agreed()
+        signum = self.agreement.check(step, self.signals.requested)
         if not signum:
             return
         self.flush(step)
@@ -192,3 +193,6 @@ class StopHook(Hook):
             signum,
             f"stopped at step {step} with a checkpoint saved{which}; run the same command again to resume",
         )
+
+    def after_step(self, step: int) -> None:
+        self.agreement.post(self.signals.requested)

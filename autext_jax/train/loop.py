@@ -32,7 +32,7 @@ from autext_jax.train.config import TrainConfig
 from autext_jax.train.hooks import EvalHook, Hook, LogHook, LogSettings, SaveHook, StopHook
 from autext_jax.train.metric_writers import MetricWriters
 from autext_jax.train.optim import build_optimizer, current_lr
-from autext_jax.train.preemption import StopSignals
+from autext_jax.train.preemption import StopAgreement, StopSignals
 from autext_jax.train.prepare import Prepared, load_training_tokenizer, prepare_model
 from autext_jax.train.run_status import RunStatus, source_commit
 from autext_jax.train.rundir import check_digest, claim, config_digest, guard_config, probe, write_config
@@ -249,6 +249,7 @@ def train(cfg: TrainConfig, workdir: str | Path) -> dict[str, Any]:
     lease = None
     try:
         lease = claim(workdir)
+        checkpointer.sweep_uncommitted()
         status.running(checkpointer.latest_step())
         # From here on a SIGTERM/Ctrl-C (even one during compilation) is acted on at the next stop check.
         with StopSignals(on_request=lease.note_stopping if lease is not None else None) as signals:
@@ -299,7 +300,12 @@ def _train_in(
             log_hook,
             save_hook,
             EvalHook(cfg.eval.every_steps, job.evaluate),
-            StopHook(cfg.checkpoint.stop_check_every, signals, flush=log_hook.flush, save=save_hook.save_now),
+            StopHook(
+                StopAgreement.for_this_run(cfg.checkpoint.stop_check_every),
+                signals,
+                flush=log_hook.flush,
+                save=save_hook.save_now,
+            ),
         ]
         state, step = train_loop(job, state, step, hooks, log_hook)
         progress.close()
