@@ -124,3 +124,45 @@ def test_kill_9_during_a_gs_save_then_rerun_completes_identically(
     exported = gcsfs.GCSFileSystem().cat(f"{workdir}/export/model.safetensors")
     gcsfs.GCSFileSystem.clear_instance_cache()
     assert hashlib.sha256(exported).hexdigest() == local_export_sha
+
+
+def test_sigterm_with_a_periodic_save_in_flight_stops_within_30_s(
+    setup,  # noqa: F811
+    journal_gcs,
+    tmp_path,
+    monkeypatch,
+):
+    """A preempted VM gets 30 s: the stop finishes the save in flight instead of queueing another."""
+    gcs_env, journal = journal_gcs
+    for key, value in gcs_env.items():
+        monkeypatch.setenv(key, value)
+    env = dict(setup["env"], **gcs_env)
+    run = "sigterm-in-flight"
+    workdir = f"gs://{BUCKET}/{run}"
+    log_path = tmp_path / "sigterm.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(_cmd(setup, workdir, *EXTRA), env=env, cwd=tmp_path, stdout=log, stderr=log)
+    deadline = time.monotonic() + 400
+    while not _uploads(journal, run) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert _uploads(journal, run), log_path.read_text()[-3000:]
+    signalled = time.monotonic()
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+    took = time.monotonic() - signalled
+    text = log_path.read_text()
+    assert proc.returncode == 128 + signal.SIGTERM, text[-3000:]
+    print(f"SIGTERM with the step-{KILLED_STEP} save in flight: exited after {took:.1f}s")
+    assert took < 30, text[-3000:]
+    assert f"(of step {KILLED_STEP}: the save that was in flight)" in text, text[-3000:]
+    import json
+
+    import gcsfs
+
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    fs = gcsfs.GCSFileSystem()
+    assert fs.exists(f"{workdir}/checkpoints/{KILLED_STEP}/commit_success.txt")
+    status = json.loads(fs.cat(f"{workdir}/run_status.json"))
+    assert (status["state"], status["exit_code"], status["step"]) == ("stopped", 143, KILLED_STEP)
+    assert not fs.exists(f"{workdir}/lease.json")
+    gcsfs.GCSFileSystem.clear_instance_cache()
