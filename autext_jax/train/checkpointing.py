@@ -91,7 +91,10 @@ class Checkpointer:
         removed = []
         if jax.process_index() == 0:
             for entry in self.uncommitted():
-                paths.remove(entry, recursive=True)
+                try:
+                    paths.remove(entry, recursive=True)
+                except FileNotFoundError:  # Orbax's own clean-up (in the background) was faster
+                    pass
                 removed.append(paths.name(entry))
         if removed:
             log.warning(
