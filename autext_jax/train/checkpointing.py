@@ -67,6 +67,8 @@ class Checkpointer:
             enable_async_checkpointing=cfg.async_save,
             create=True,
             cleanup_tmp_directories=True,
+            # Orbax's own waits between processes (a save's commit) end like ours instead of after 20 min.
+            async_options=ocp.AsyncOptions(timeout_secs=int(BARRIER_TIMEOUT_S)),
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
         self._unchecked: int | None = None  # the step of a save whose outcome is not yet known
@@ -163,9 +165,11 @@ class Checkpointer:
     def _save_error(self, step: int | None, err: Exception) -> CheckpointError:
         reason = " ".join(str(err).split())[:300] or type(err).__name__
         what = "a checkpoint" if step is None else f"the checkpoint of step {step}"
+        who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
         return CheckpointError(
-            f"saving {what} to {self.directory} failed ({reason}); check that the "
-            "storage is writable and has room, then rerun the same command to resume"
+            f"{who}saving {what} to {self.directory} failed ({reason}); the newest complete checkpoint "
+            "is kept: rerun the same command to resume (if this happens again, check that the storage "
+            "is writable and has room)"
         )
 
     def restore_newest_intact(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
