@@ -128,14 +128,14 @@ def _main(args: argparse.Namespace) -> int:
     shd.initialize_distributed(dist)
     # Other processes of a multi-process run keep to warnings: a pod's log is not repeated per host.
     cli.setup_logging("train", timestamps=True, primary=jax.process_index() == 0)
-    cache = train_cache_dir(args.compile_cache, args.workdir)
-    if cache is not None:
-        log.info("compile cache: %s", cache)
-        enable_compile_cache(cache)
     cfg = resolve_config(args)
     if args.batch_per_device is not None:
         total = shd.global_batch_size(args.batch_per_device, cfg.mesh, jax.device_count())
         cfg = cfg.replace(batch_size=total)
+    cache = train_cache_dir(args.compile_cache, args.workdir)  # after the config: a bad one changes nothing
+    if cache is not None:
+        log.debug("compile cache: %s", cache)
+        enable_compile_cache(cache)
     result = train(cfg, args.workdir)
     if jax.process_index() == 0:
         print(json.dumps({k: v for k, v in result.items() if k != "validation"}))
