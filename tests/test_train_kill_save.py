@@ -2,8 +2,9 @@
 
 The emulator (``gcs_journal_emulator.py``) reports each object of the step-20 checkpoint as it is
 stored and holds the save there for a moment, so each case kills the run exactly: after the first
-object of the step (before any manifest), right after an OCDBT manifest (the save half-written, no
-commit marker) and right after the commit marker. Every rerun must complete and export the bytes of
+object of the step (before any manifest), right after an OCDBT manifest (the save half-written),
+right after the items' own markers (``state/commit_success.txt``, the step's not yet written) and
+right after the step's ``commit_success.txt``. Every rerun must complete and export the bytes of
 a run that was never interrupted.
 """
 
@@ -30,10 +31,12 @@ STEPS, EVERY, KILLED_STEP = 30, 10, 20
 PATTERN = f"/checkpoints/{KILLED_STEP}/"
 PAUSE_S = 1.0
 EXTRA = ("--max-steps", str(STEPS), "--checkpoint-every", str(EVERY))
+STEP_MARKER = f"/checkpoints/{KILLED_STEP}/commit_success.txt"  # the step is complete (Orbax on gs://)
 MOMENTS = {  # when to kill: the first journal line (an object of the step's save) that matches
     "before_manifest": lambda name: True,
     "after_a_manifest": lambda name: name.endswith("manifest.ocdbt"),
-    "after_the_commit_marker": lambda name: name.endswith("commit_success.txt"),
+    "after_the_items_markers": lambda name: name.endswith("/state/commit_success.txt"),
+    "after_the_step_marker": lambda name: name.endswith(STEP_MARKER),
 }
 
 
@@ -105,8 +108,8 @@ def test_kill_9_during_a_gs_save_then_rerun_completes_identically(
     assert proc.returncode == -signal.SIGKILL, log_path.read_text()[-3000:]
     uploaded = _uploads(journal, run)
     assert all(PATTERN in n for n in uploaded)  # nothing of a later step had been written yet
-    committed = any(n.endswith("commit_success.txt") for n in uploaded)
-    assert committed == (moment == "after_the_commit_marker"), uploaded
+    committed = any(n.endswith(STEP_MARKER) for n in uploaded)
+    assert committed == (moment == "after_the_step_marker"), uploaded
 
     rerun = subprocess.run(
         _cmd(setup, workdir, *EXTRA), env=env, cwd=tmp_path, capture_output=True, text=True
