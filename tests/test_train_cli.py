@@ -123,6 +123,12 @@ def test_training_learns_logs_and_exports(reference, tiny_tokenizer_dir):
     assert final["bot_loss"] < 0.3
     saved = json.loads((reference / "train_config.json").read_text())
     assert saved["max_steps"] == STEPS and saved["checkpoint"]["every_steps"] == EVERY
+    status = json.loads((reference / "run_status.json").read_text())
+    assert status["state"] == "finished" and status["exit_code"] == 0 and status["step"] == STEPS
+    assert status["export"] == str(reference / "export") and status["host"] == socket.gethostname()
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a checkout: the code that ran is recorded
+        assert status["commit"].split("+")[0] == head.stdout.strip()
     assert saved["tokenizer"] == str(tiny_tokenizer_dir)
     # keep=2 in configs/tiny.py: only the newest two checkpoints remain.
     assert sorted(int(p.name) for p in (reference / "checkpoints").iterdir()) == [STEPS - EVERY, STEPS]
@@ -253,7 +259,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path):
     ]
     cfg = train_cli.resolve_config(train_cli.build_parser().parse_args(args))
     with pytest.raises(errors.TrainingDiverged, match="became nan|became inf"):
-        loop.run(cfg, tmp_path)
+        loop.train(cfg, tmp_path)
+    status = json.loads((tmp_path / "run_status.json").read_text())
+    assert (status["state"], status["exit_code"], status["export"]) == ("failed", errors.EXIT_DIVERGED, None)
     ckpt = Checkpointer(tmp_path / "checkpoints", CheckpointConfig())
     steps = ckpt.all_steps()
     ckpt.close()
@@ -304,7 +312,7 @@ def test_divergence_exits_3(setup, tmp_path, capsys, monkeypatch):
     def diverge(cfg, workdir):
         raise errors.TrainingDiverged("step 2: loss became nan; stopped, the last good checkpoint is kept")
 
-    monkeypatch.setattr(train_cli, "run", diverge)
+    monkeypatch.setattr(train_cli, "train", diverge)
     code = train_cli.main([*setup["base"], "--workdir", str(tmp_path)])
     assert code == errors.EXIT_DIVERGED
     expected = (
