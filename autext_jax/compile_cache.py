@@ -1,6 +1,8 @@
 """The persistent XLA compilation cache, shared by scoring and training, and counting its hits.
 
-Scoring turns it on by default (``default_cache_dir``), training with ``--compile-cache``. A local
+Scoring turns it on by default (``default_cache_dir``); training keeps it in the run directory
+(``train_cache_dir``: ``WORKDIR/compile_cache``, so every relaunch of a run, on any VM, reuses what
+the first compiled; ``gs://`` works). A local
 cache that cannot be used never stops a run; a URL (``gs://``) is handed to JAX, which reads and
 writes it itself. ``counting_hits`` attributes cache hits to whoever is compiling on this thread.
 """
@@ -38,6 +40,22 @@ def default_cache_dir() -> Path | None:
         return None if is_off(env) else Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "autext-jax" / "xla"
+
+
+TRAIN_CACHE_SUBDIR = "compile_cache"
+
+
+def train_cache_dir(flag: str | None, workdir: str) -> str | None:
+    """Where training keeps compiled steps: ``--compile-cache DIR`` (``off``: nowhere), else an explicit
+    ``$AUTEXT_JAX_COMPILE_CACHE`` or ``$JAX_COMPILATION_CACHE_DIR``, else ``WORKDIR/compile_cache``."""
+    if flag is not None:
+        return None if is_off(flag) else flag
+    env = os.environ.get(COMPILE_CACHE_ENV)
+    if env is not None:
+        return None if is_off(env) else env
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    return paths.join(workdir, TRAIN_CACHE_SUBDIR)
 
 
 def enable_compile_cache(directory: str | Path) -> str | None:

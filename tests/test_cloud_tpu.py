@@ -1,58 +1,51 @@
-"""``tools/cloud_tpu.py``: the exact gcloud commands of ``--dry-run``, and ``watch`` relaunching after a
-preemption against a fake ``gcloud`` on PATH (it records its arguments and plays back states)."""
+"""``python -m tools.cloud_tpu``: the exact gcloud commands of ``--dry-run``, one-line usage errors, and
+the launcher against a simulated slice (``tests/fake_gcloud.py``) where a small stand-in project is
+shipped, installed with uv and "trained": watch's decisions on describe failures, crashes on an ACTIVE
+slice, ALREADY_EXISTS, preemption, and the per-worker shards of ``score``."""
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.fake_gcloud import FakeCloud
+
 REPO = Path(__file__).resolve().parent.parent
-TOOL = REPO / "tools" / "cloud_tpu.py"
 WHERE = ["--name", "upb", "--zone", "us-west4-a"]
-TRAIN = (
-    "gcloud compute tpus tpu-vm ssh upb --zone=us-west4-a --worker=all --command 'cd ~/autext_jax && nohup "
-    "python3 -m autext_jax.train --config configs/upb_mtl.py --workdir gs://bkt/runs/upb --distributed auto "
-    "--set data.paths=gs://bkt/data --set '\"'\"'optimizer.learning_rate=3e-5'\"'\"' > ~/autext-train.log "
-    "2>&1 < /dev/null &'"
-)
-SETUP = (
-    "gcloud compute tpus tpu-vm ssh upb --zone=us-west4-a --worker=all --command 'set -e; [ -d "
-    "~/autext_jax/.git ] || git clone https://example.com/autext_jax.git ~/autext_jax; cd ~/autext_jax; "
-    "git fetch --quiet origin; git checkout --quiet v1; git pull --quiet --ff-only || true; python3 -m pip "
-    "install --quiet --upgrade pip; python3 -m pip install --quiet -e '\"'\"'.[tpu]'\"'\"''"
-)
-STATE = "gcloud compute tpus queued-resources describe upb --zone=us-west4-a '--format=value(state.state)'"
 CREATE = (
     "gcloud compute tpus queued-resources create upb --node-id=upb --zone=us-west4-a "
     "--accelerator-type=v5litepod-16 --runtime-version=v2-alpha-tpuv5-lite --spot"
 )
+STATE = "gcloud compute tpus queued-resources describe upb --zone=us-west4-a '--format=value(state.state)'"
 DELETE = "gcloud compute tpus queued-resources delete upb --zone=us-west4-a --force --quiet"
 
 
-def _fake_gcloud(directory: Path, script: str) -> dict:
-    """An environment whose ``gcloud`` is ``script``: no test can ever reach a real project."""
-    directory.mkdir(exist_ok=True)
-    fake = directory / "gcloud"
-    fake.write_text(script)
-    fake.chmod(0o755)
-    return dict(os.environ, PATH=f"{directory}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(REPO))
+def tool(*args: str, env: dict, cwd: Path = REPO, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(env, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "tools.cloud_tpu", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
 def no_gcloud(tmp_path) -> dict:
-    return _fake_gcloud(tmp_path / "bin", "#!/bin/sh\necho 'a dry run ran gcloud' >&2\nexit 99\n")
-
-
-def _tool(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(TOOL), *args], capture_output=True, text=True, env=env, timeout=60
-    )
+    """An environment whose gcloud fails loudly: a dry run must never call it."""
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "gcloud"
+    fake.write_text("#!/bin/sh\necho 'a dry run ran gcloud' >&2\nexit 99\n")
+    fake.chmod(0o755)
+    return dict(os.environ, PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
 
 
 @pytest.mark.parametrize(
@@ -64,51 +57,93 @@ def _tool(*args: str, env: dict) -> subprocess.CompletedProcess:
             [
                 "gcloud compute tpus queued-resources create upb --node-id=upb --zone=us-west4-a "
                 "--project=p1 --accelerator-type=v4-32 --runtime-version=rv",
-                STATE.replace("us-west4-a", "us-west4-a --project=p1"),
+                STATE.replace("a '", "a --project=p1 '"),
             ],
         ),
-        (["setup", *WHERE, "--repo", "https://example.com/autext_jax.git", "--ref", "v1"], [SETUP]),
+        (["delete", *WHERE], [DELETE]),
         (
-            [
-                "train",
-                *WHERE,
-                "--workdir",
-                "gs://bkt/runs/upb",
-                "--",
-                "--set",
-                "data.paths=gs://bkt/data",
-                "--set",
-                "optimizer.learning_rate=3e-5",
-            ],  # fmt: skip
-            [TRAIN.replace("'\"'\"'optimizer.learning_rate=3e-5'\"'\"'", "optimizer.learning_rate=3e-5")],
-        ),
-        (
-            ["logs", *WHERE, "--worker", "2", "--lines", "20", "--follow"],
+            ["logs", *WHERE, "--worker", "2", "--lines", "20", "--follow", "--file", "score"],
             [
                 "gcloud compute tpus tpu-vm ssh upb --zone=us-west4-a --worker=2 --command 'tail -F -n 20 "
-                "~/autext-train.log'"
-            ],  # fmt: skip
+                "~/autext-score.log'"
+            ],
         ),
-        (["delete", *WHERE], [DELETE]),
     ],
 )
 def test_dry_run_prints_the_exact_gcloud_commands(args, expected, no_gcloud):
-    split = args.index("--") if "--" in args else len(args)
-    proc = _tool(*args[:split], "--dry-run", *args[split:], env=no_gcloud)
+    proc = tool(*args, "--dry-run", env=no_gcloud)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == expected
 
 
-def test_watch_dry_run_prints_one_round(no_gcloud):
-    proc = _tool(
-        "watch", *WHERE, "--dry-run", "--accelerator-type", "v5litepod-16", "--spot",
-        "--repo", "https://example.com/autext_jax.git", "--ref", "v1", "--workdir", "gs://bkt/runs/upb",
-        "--", "--set", "data.paths=gs://bkt/data", "--set", "optimizer.learning_rate=3e-5", env=no_gcloud,
-    )  # fmt: skip
+def test_setup_dry_run_ships_the_committed_checkout_and_installs_with_uv(no_gcloud):
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout
+    proc = tool("setup", *WHERE, "--dry-run", env=no_gcloud)
     assert proc.returncode == 0, proc.stderr
-    exported = "gcloud storage ls gs://bkt/runs/upb/export/config.json"
-    train = TRAIN.replace("'\"'\"'optimizer.learning_rate=3e-5'\"'\"'", "optimizer.learning_rate=3e-5")
-    assert proc.stdout.splitlines() == [exported, STATE, DELETE, CREATE, STATE, SETUP, train]
+    archive, scp, ssh = proc.stdout.splitlines()
+    assert archive.startswith(f"git -C {REPO} archive --format=tar.gz -o ") and archive.endswith(head.strip())
+    assert scp.startswith("gcloud compute tpus tpu-vm scp ") and scp.endswith(
+        "/autext-src.tar.gz upb:autext-src.tar.gz --zone=us-west4-a --worker=all"
+    )
+    assert ssh.startswith("gcloud compute tpus tpu-vm ssh upb --zone=us-west4-a --worker=all --command ")
+    for part in (
+        f"echo {head.strip()} > ~/autext_jax/.source-commit",
+        "uv venv --quiet --python 3.11 ~/autext-venv",
+        'uv pip install --quiet --python ~/autext-venv/bin/python -e "$HOME/autext_jax[tpu]"',
+    ):
+        assert part in ssh.replace("'\"'\"'", "'")
+    assert "shipping commit" in proc.stderr
+
+
+def test_train_dry_run_runs_the_venv_python_with_the_compile_cache_and_the_commit(no_gcloud):
+    proc = tool(
+        "train",
+        *WHERE,
+        "--dry-run",
+        "--workdir",
+        "gs://bkt/runs/upb",
+        "--",
+        "--set",
+        "data.paths=gs://bkt/data",
+        env=no_gcloud,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (ssh,) = proc.stdout.splitlines()
+    assert "--worker=all" in ssh
+    assert (
+        "nohup setsid ~/autext-venv/bin/python -m autext_jax.train --config configs/upb_mtl.py --workdir "
+        "gs://bkt/runs/upb --distributed auto --compile-cache gs://bkt/runs/upb/compile_cache --set "
+        "data.paths=gs://bkt/data > ~/autext-train.log"
+    ) in ssh
+    assert 'export AUTEXT_JAX_SOURCE_COMMIT="$(cat ~/autext_jax/.source-commit' in ssh
+    assert "kill -TERM" in ssh and "/dev/accel" in ssh  # an earlier run and TPU holders are cleared first
+
+
+def test_score_dry_run_gives_each_worker_its_shard(no_gcloud):
+    proc = tool(
+        "score",
+        *WHERE,
+        "--dry-run",
+        "--workers",
+        "4",
+        "--",
+        "-i",
+        "gs://bkt/in/*.parquet",
+        "-o",
+        "gs://bkt/scores/",
+        env=no_gcloud,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 4
+    for i, line in enumerate(lines):
+        assert f"--worker={i} " in line and f"export AUTEXT_JAX_SHARD={i}/4;" in line
+        assert (
+            "~/autext-venv/bin/python -m autext_jax.infer -i 'gs://bkt/in/*.parquet' -o gs://bkt/scores/ "
+            "--shard auto > ~/autext-score.log" in line.replace("'\"'\"'", "'")
+        )
 
 
 @pytest.mark.parametrize(
@@ -117,52 +152,209 @@ def test_watch_dry_run_prints_one_round(no_gcloud):
         (["train", *WHERE, "--workdir", "runs/local"], "use gs://BUCKET/PATH"),
         (["create", *WHERE, "--accelerator-type", "v3-8"], "no default runtime for --accelerator-type v3-8"),
         (["train", *WHERE, "--workdir", "gs://b/r", "--", "--dry-run"], "--dry-run must come before --"),
+        (["score", *WHERE, "--dry-run", "--", "-i", "x"], "pass --workers N"),
+        (["setup", *WHERE, "--source", "/"], "is not in a git checkout"),
     ],
 )
 def test_usage_errors_are_one_line_exit_2(args, message, no_gcloud):
-    proc = _tool(*args, env=no_gcloud)
-    assert proc.returncode == 2
-    assert proc.stdout == ""
+    proc = tool(*args, env=no_gcloud)
+    assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
 
 
-FAKE_GCLOUD = """#!{python}
-import json, sys
-from pathlib import Path
-state = Path({state!r})
-plan = json.loads(state.read_text())
-args = sys.argv[1:]
-with open({calls!r}, "a") as f:
-    f.write(json.dumps(args) + "\\n")
-if args[:2] == ["storage", "ls"]:
-    done = plan["exported_after"] <= sum(1 for a in plan["log"] if a == "train")
-    print(args[2]) if done else sys.exit(1)
-elif "describe" in args:
-    print(plan["states"].pop(0) if plan["states"] else "ACTIVE")
-elif "ssh" in args and "autext_jax.train" in args[-1]:
-    plan["log"].append("train")
-state.write_text(json.dumps(plan))
-"""
+# --- the simulated slice -------------------------------------------------------------------------------
+
+STAND_IN_TRAIN = '''"""Stand-in for training: reports as training does; the first CRASHES launches fail."""
+import json, os, subprocess, sys, time
+a = sys.argv[1:]
+workdir, crashes = a[a.index("--workdir") + 1], int(a[a.index("--crashes") + 1])
+def put(name, text):
+    subprocess.run(["gcloud", "storage", "cp", "-", f"{workdir}/{name}"], input=text.encode(), check=True)
+def get(name):
+    p = subprocess.run(["gcloud", "storage", "cat", f"{workdir}/{name}"], capture_output=True, text=True)
+    return p.stdout if p.returncode == 0 else None
+worker = os.environ["TPU_WORKER_ID"]
+put(f"seen-{worker}.json", json.dumps({"argv": a, "commit": os.environ.get("AUTEXT_JAX_SOURCE_COMMIT"),
+    "python": sys.version_info[:2], "exe": sys.executable}))
+if worker != "0":
+    sys.exit(0)
+launch = int(get("launches") or 0) + 1
+put("launches", str(launch))
+def status(state, code=None):
+    put("run_status.json", json.dumps({"state": state, "exit_code": code, "step": launch * 10,
+        "updated": time.time(), "host": "w0", "commit": os.environ.get("AUTEXT_JAX_SOURCE_COMMIT"),
+        "export": None}))
+status("running")
+if launch <= crashes:
+    status("failed", 1)
+    sys.exit(1)
+put("export/config.json", "{}")
+status("finished", 0)
+'''
 
 
-def test_watch_recreates_a_preempted_slice_and_relaunches_until_exported(tmp_path):
-    state, calls = tmp_path / "state.json", tmp_path / "calls.jsonl"
-    # The slice is found preempted (SUSPENDED); after a relaunch it is queued, then ACTIVE; the
-    # relaunched run exports.
-    state.write_text(json.dumps({"states": ["SUSPENDED", "WAITING_FOR_RESOURCES", "ACTIVE"], "log": [],
-                                 "exported_after": 1}))  # fmt: skip
-    env = _fake_gcloud(
-        tmp_path / "bin", FAKE_GCLOUD.format(python=sys.executable, state=str(state), calls=str(calls))
+@pytest.fixture
+def stand_in(tmp_path) -> Path:
+    """A git checkout of a dependency-free project whose ``autext_jax.train`` is the stand-in above."""
+    root = tmp_path / "checkout"
+    (root / "autext_jax" / "train").mkdir(parents=True)
+    (root / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "stand-in"\nversion = "0"\n[project.optional-dependencies]\ntpu = []\n'
+        '[tool.setuptools.packages.find]\ninclude = ["autext_jax*"]\n'
     )
-    proc = _tool(
-        "watch", *WHERE, "--poll", "0", "--accelerator-type", "v5litepod-16", "--spot",
-        "--repo", "https://example.com/autext_jax.git", "--workdir", "gs://bkt/runs/upb",
-        env=env,
-    )  # fmt: skip
+    (root / "autext_jax" / "__init__.py").write_text("")
+    (root / "autext_jax" / "train" / "__init__.py").write_text("")
+    (root / "autext_jax" / "train" / "__main__.py").write_text(STAND_IN_TRAIN)
+    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "stand-in"], check=True)
+    return root
+
+
+def _watch(fake: FakeCloud, stand_in: Path, *extra: str, crashes: int = 0, timeout: float = 240):
+    return tool(
+        "watch",
+        *WHERE,
+        "--poll",
+        "0.2",
+        "--backoff",
+        "0.1",
+        "--accelerator-type",
+        "v5litepod-16",
+        "--spot",
+        "--source",
+        str(stand_in),
+        "--workdir",
+        "gs://bkt/run",
+        "--start-timeout",
+        "20",
+        *extra,
+        "--",
+        "--crashes",
+        str(crashes),
+        env=fake.env(),
+        timeout=timeout,
+    )
+
+
+def _verbs(fake: FakeCloud) -> list[str]:
+    return [c[3] if c[0] == "compute" else f"storage-{c[1]}" for c in fake.calls()]
+
+
+def _gcs(fake: FakeCloud, name: str) -> str:
+    return (fake.root / "gcs" / "bkt" / "run" / name).read_text()
+
+
+def test_watch_describe_failures_are_retried_and_never_delete_a_healthy_slice(tmp_path, stand_in):
+    fake = FakeCloud(tmp_path / "cloud")
+    fake.plan(create_exists=0)
+    assert (
+        tool("create", *WHERE, "--accelerator-type", "v5litepod-16", "--poll", "0", env=fake.env()).returncode
+        == 0
+    )
+    fake.plan(describe_failures=2)
+    proc = _watch(fake, stand_in)
     assert proc.returncode == 0, proc.stderr
-    commands = [shlex.join(["gcloud", *json.loads(line)]) for line in calls.read_text().splitlines()]
-    verbs = [c.split()[2] if c.split()[1] == "storage" else c.split()[4] for c in commands]
-    # not exported; SUSPENDED → delete, create, queued, ACTIVE, setup, train; exported
-    assert verbs == ["ls", "describe", "delete", "create", "describe", "describe", "ssh", "ssh", "ls"]
-    assert "autext_jax.train" in commands[7] and "pip install" in commands[6]
-    assert "relaunch 1" in proc.stderr and "exported: gs://bkt/runs/upb/export" in proc.stderr
+    verbs = _verbs(fake)
+    assert verbs.count("delete") == 1 and verbs[-1] == "delete"  # only after the export
+    assert verbs.count("create") == 1
+    assert "describe failed (try 2 of 5)" in proc.stderr
+    assert "is ACTIVE with no run going: setting up and launching" in proc.stderr
+    assert "export found: gs://bkt/run/export; deleting slice upb" in proc.stderr
+    head = subprocess.run(["git", "-C", str(stand_in), "rev-parse", "HEAD"], capture_output=True, text=True)
+    for worker in ("0", "1"):  # each worker ran the shipped code in its own uv venv with Python 3.11
+        seen = json.loads(_gcs(fake, f"seen-{worker}.json"))
+        assert seen["commit"] == head.stdout.strip() and seen["python"] == [3, 11]
+        assert seen["exe"].endswith("autext-venv/bin/python") and f"worker-{worker}" in seen["exe"]
+        assert "--compile-cache" in seen["argv"] and "gs://bkt/run/compile_cache" in seen["argv"]
+
+
+def test_watch_relaunches_a_crash_on_an_active_slice_then_gives_up(tmp_path, stand_in):
+    fake = FakeCloud(tmp_path / "cloud")
+    proc = _watch(fake, stand_in, "--max-restarts", "2", crashes=5)
+    assert proc.returncode == 1, proc.stderr
+    assert _gcs(fake, "launches") == "3"  # the first launch and two relaunches
+    assert "on an ACTIVE slice: relaunching (1 of 2)" in proc.stderr
+    assert "on an ACTIVE slice: relaunching (2 of 2)" in proc.stderr
+    assert "giving up: run failed at step 30 (exit 1) on an ACTIVE slice, after 2 relaunches" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("python -m tools.cloud_tpu: error: watch gave up")
+    assert _verbs(fake).count("create") == 1 and _verbs(fake)[-1] == "delete"
+    assert not (fake.root / "qr" / "upb.json").exists()
+
+
+def test_watch_crash_then_success_with_keep_and_already_exists(tmp_path, stand_in):
+    fake = FakeCloud(tmp_path / "cloud")
+    fake.plan(create_exists=2, provision_polls=2)
+    proc = _watch(fake, stand_in, "--keep", crashes=1)
+    assert proc.returncode == 0, proc.stderr
+    assert _verbs(fake).count("create") == 3  # ALREADY_EXISTS twice, retried
+    assert "create failed (try 2 of 4)" in proc.stderr and "ALREADY_EXISTS" in proc.stderr
+    assert "slice upb is PROVISIONING: waiting" in proc.stderr
+    assert "relaunching (1 of 3)" in proc.stderr and "keeping slice upb (--keep)" in proc.stderr
+    assert "delete" not in _verbs(fake)
+    assert json.loads((fake.root / "qr" / "upb.json").read_text())["state"] == "ACTIVE"
+
+
+def test_watch_recreates_a_preempted_slice(tmp_path, stand_in):
+    fake = FakeCloud(tmp_path / "cloud")
+    assert (
+        tool("create", *WHERE, "--accelerator-type", "v5litepod-16", "--poll", "0", env=fake.env()).returncode
+        == 0
+    )
+    fake.preempt("upb", grace=0)
+    proc = _watch(fake, stand_in)
+    assert proc.returncode == 0, proc.stderr
+    assert "slice upb is SUSPENDED: re-creating it (1 of 50)" in proc.stderr
+    assert _verbs(fake).count("delete") == 2 and _verbs(fake).count("create") == 2
+
+
+def test_setup_ships_uncommitted_changes_only_when_asked(tmp_path, stand_in):
+    fake = FakeCloud(tmp_path / "cloud")
+    assert tool("create", *WHERE, "--poll", "0", env=fake.env()).returncode == 0
+    (stand_in / "NEW.txt").write_text("local change")
+    proc = tool("setup", *WHERE, "--source", str(stand_in), env=fake.env())
+    assert proc.returncode == 0, proc.stderr
+    assert "1 uncommitted change(s) NOT included" in proc.stderr
+    assert not (fake.worker("upb", 1) / "autext_jax" / "NEW.txt").exists()
+    proc = tool("setup", *WHERE, "--source", str(stand_in), "--include-uncommitted", env=fake.env())
+    assert proc.returncode == 0, proc.stderr
+    for i in (0, 1):
+        assert (fake.worker("upb", i) / "autext_jax" / "NEW.txt").read_text() == "local change"
+        assert (
+            (fake.worker("upb", i) / "autext_jax" / ".source-commit").read_text().strip().endswith("+dirty")
+        )
+    assert (
+        subprocess.run(
+            ["git", "-C", str(stand_in), "status", "--porcelain"], capture_output=True, text=True
+        ).stdout.strip()
+        == "?? NEW.txt"
+    )  # the user's index is untouched
+
+
+def test_score_runs_on_every_worker_with_its_own_shard(tmp_path, stand_in):
+    fake = FakeCloud(tmp_path / "cloud")
+    fake.plan(workers=3)
+    assert tool("create", *WHERE, "--poll", "0", env=fake.env()).returncode == 0
+    assert tool("setup", *WHERE, "--source", str(stand_in), env=fake.env()).returncode == 0
+    probe = (
+        "import os, pathlib; pathlib.Path.home().joinpath('shard').write_text("
+        "os.environ['AUTEXT_JAX_SHARD'] + ' ' + os.environ['TPU_WORKER_ID'] + ' ' + "
+        "os.environ['TPU_WORKER_HOSTNAMES'])"
+    )
+    (stand_in / "autext_jax" / "infer.py").write_text(probe)  # the stand-in scorer: records what it saw
+    assert (
+        tool("setup", *WHERE, "--source", str(stand_in), "--include-uncommitted", env=fake.env()).returncode
+        == 0
+    )
+    proc = tool("score", *WHERE, "--", "-i", "gs://bkt/in", "-o", "gs://bkt/out/", env=fake.env())
+    assert proc.returncode == 0, proc.stderr
+    assert "scoring started on 3 worker(s)" in proc.stderr
+    for i in range(3):
+        shard = fake.worker("upb", i) / "shard"
+        for _ in range(100):
+            if shard.exists() and shard.read_text():
+                break
+            time.sleep(0.1)
+        assert shard.read_text() == f"{i}/3 {i} localhost,localhost,localhost"

@@ -123,6 +123,12 @@ def test_training_learns_logs_and_exports(reference, tiny_tokenizer_dir):
     assert final["bot_loss"] < 0.3
     saved = json.loads((reference / "train_config.json").read_text())
     assert saved["max_steps"] == STEPS and saved["checkpoint"]["every_steps"] == EVERY
+    status = json.loads((reference / "run_status.json").read_text())
+    assert status["state"] == "finished" and status["exit_code"] == 0 and status["step"] == STEPS
+    assert status["export"] == str(reference / "export") and status["host"] == socket.gethostname()
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a checkout: the code that ran is recorded
+        assert status["commit"].split("+")[0] == head.stdout.strip()
     assert saved["tokenizer"] == str(tiny_tokenizer_dir)
     # keep=2 in configs/tiny.py: only the newest two checkpoints remain.
     assert sorted(int(p.name) for p in (reference / "checkpoints").iterdir()) == [STEPS - EVERY, STEPS]
@@ -262,6 +268,8 @@ def test_nan_loss_exits_3_and_keeps_the_last_good_checkpoint(setup, tmp_path, ca
         r"\(lower optimizer\.learning_rate or check the data\)",
         last,
     ), last
+    status = json.loads((tmp_path / "run_status.json").read_text())
+    assert (status["state"], status["exit_code"], status["export"]) == ("failed", errors.EXIT_DIVERGED, None)
     ckpt = Checkpointer(tmp_path / "checkpoints", CheckpointConfig())
     steps = ckpt.all_steps()
     ckpt.close()

@@ -137,6 +137,8 @@ def test_a_failed_checkpoint_save_is_reported_at_once(setup, gs_in_process, tmp_
     # Reported while the next interval ran, not at the next save (step 20).
     steps = [r["step"] for r in _gs_records(gs_in_process, workdir) if r["split"] == "train"]
     assert 10 <= max(steps) < 20
+    status = json.loads(gs_in_process.cat(f"{workdir}/run_status.json"))
+    assert (status["state"], status["exit_code"], status["export"]) == ("failed", errors.EXIT_USAGE, None)
 
 
 def test_init_and_tokenizer_from_a_bucket(gs_in_process, tiny_model_dir, tmp_path, monkeypatch):

@@ -20,12 +20,14 @@ from collections.abc import Sequence
 import jax
 
 from autext_jax import cli
-from autext_jax.compile_cache import enable_compile_cache
+from autext_jax.compile_cache import enable_compile_cache, train_cache_dir
 from autext_jax.errors import UsageError
 from autext_jax.train import aot
 from autext_jax.train import sharding as shd
 from autext_jax.train.config import TrainConfig, apply_overrides, load_config_file
-from autext_jax.train.loop import run
+from autext_jax.train.loop import train
+
+log = logging.getLogger("autext_jax.train")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compile-cache",
         metavar="DIR",
-        help="persistent XLA compilation cache (local or gs://); a rerun or resume skips compiling",
+        help="persistent XLA compilation cache (local or gs://; default WORKDIR/compile_cache, 'off': "
+        "none); a relaunch or resume skips compiling",
     )
     p.add_argument("--coordinator", help="multi-process: coordinator host:port (or AUTEXT_COORDINATOR)")
     p.add_argument("--num-processes", type=int, help="multi-process: number of processes")
@@ -109,7 +112,6 @@ def _main(args: argparse.Namespace) -> int:
     if args.topology and not args.compile_only:
         raise UsageError("--topology only goes with --compile-only (training runs on the attached devices)")
     if args.compile_only:
-
         print(json.dumps(aot.run(resolve_config(args), args.topology, args.batch_per_device)))
         return 0
     explicit = args.coordinator or args.num_processes is not None or args.process_id is not None
@@ -126,13 +128,15 @@ def _main(args: argparse.Namespace) -> int:
     shd.initialize_distributed(dist)
     # Other processes of a multi-process run keep to warnings: a pod's log is not repeated per host.
     cli.setup_logging("train", timestamps=True, primary=jax.process_index() == 0)
-    if args.compile_cache:
-        enable_compile_cache(args.compile_cache)
     cfg = resolve_config(args)
     if args.batch_per_device is not None:
         total = shd.global_batch_size(args.batch_per_device, cfg.mesh, jax.device_count())
         cfg = cfg.replace(batch_size=total)
-    result = run(cfg, args.workdir)
+    cache = train_cache_dir(args.compile_cache, args.workdir)  # after the config: a bad one changes nothing
+    if cache is not None:
+        log.debug("compile cache: %s", cache)
+        enable_compile_cache(cache)
+    result = train(cfg, args.workdir)
     if jax.process_index() == 0:
         print(json.dumps({k: v for k, v in result.items() if k != "validation"}))
     return 0
@@ -140,4 +144,3 @@ def _main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

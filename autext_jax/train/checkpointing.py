@@ -2,10 +2,15 @@
 
 A checkpoint holds two items: ``state`` (params and optimizer state; restored into an abstract
 target so arrays land directly in their shardings) and ``meta`` (JSON: data position and the run's
-config digest). Orbax writes each step to a temporary directory and renames (or, on ``gs://``,
-marks) it when complete, so a process killed mid-save leaves the previous checkpoint intact. A
-checkpoint damaged later (a file missing or truncated) is skipped with a warning: the newest intact
-one is restored instead, and the damaged ones are removed so that the run can save those steps again.
+config digest). Orbax writes each step to a temporary directory and renames it (local disks) or
+writes into the step directory and marks it complete with ``commit_success.txt`` (``gs://``), so a
+process killed mid-save leaves the previous checkpoint intact. What such a save left behind (a
+temporary directory, or on ``gs://`` a step directory without the marker) would make saving that
+step again fail for good; ``sweep_uncommitted`` removes it before the run starts (process 0, under
+the workdir's lease). A checkpoint damaged later (a file missing or truncated) is skipped with one
+warning: the newest intact one is restored instead, and the damaged ones are removed so that the
+run can save those steps again. Waits between processes time out (``BARRIER_TIMEOUT_S``) with one
+line naming the barrier, instead of a process waiting forever for another that failed.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ log = logging.getLogger(__name__)
 
 # Storage Orbax (tensorstore) can write checkpoints to; other fsspec schemes hold everything else.
 CHECKPOINT_SCHEMES = (None, "gs")
+COMMIT_MARKER = "commit_success.txt"  # Orbax's "this step is complete" file on object stores
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's temporary step directories on local disks
+BARRIER_TIMEOUT_S = 600.0
 
 
 class CheckpointMismatchError(AutextError, ValueError):
@@ -59,10 +67,46 @@ class Checkpointer:
             enable_async_checkpointing=cfg.async_save,
             create=True,
             cleanup_tmp_directories=True,
+            # Orbax's own waits between processes (a save's commit) end like ours instead of after 20 min.
+            async_options=ocp.AsyncOptions(timeout_secs=int(BARRIER_TIMEOUT_S)),
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
         self._unchecked: int | None = None  # the step of a save whose outcome is not yet known
         _silence_closed_loop_callbacks()
+
+    def uncommitted(self) -> list[str]:
+        """Step directories a killed save left behind: never restorable, and in the way of a new save."""
+        if not paths.isdir(self.directory):
+            return []
+        found = []
+        for entry in paths.listdir(self.directory):
+            name = paths.name(entry)
+            if TMP_SUFFIX in name and name.split(".", 1)[0].isdigit():
+                found.append(entry)
+            elif paths.is_url(self.directory) and name.isdigit():
+                if not paths.exists(paths.join(entry, COMMIT_MARKER)):
+                    found.append(entry)
+        return found
+
+    def sweep_uncommitted(self) -> None:
+        """Process 0 removes what killed saves left behind; every process must call this."""
+        removed = []
+        if jax.process_index() == 0:
+            for entry in self.uncommitted():
+                try:
+                    paths.remove(entry, recursive=True)
+                except FileNotFoundError:  # Orbax's own clean-up (in the background) was faster
+                    pass
+                removed.append(paths.name(entry))
+        if removed:
+            log.warning(
+                "removed the unfinished checkpoint(s) %s in %s (a save was interrupted)",
+                ", ".join(removed),
+                self.directory,
+            )
+        barrier("autext_sweep_uncommitted")
+        if removed or jax.process_count() > 1:
+            self.manager.reload()
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -82,6 +126,12 @@ class Checkpointer:
             # Orbax first waits for the previous save: its failure surfaces here.
             raise self._save_error(step if self._unchecked is None else self._unchecked, err) from None
         self._unchecked = step
+
+    def in_flight(self) -> int | None:
+        """The step of an asynchronous save still being written (``None``: none)."""
+        return (
+            self._unchecked if self._unchecked is not None and self.manager.is_saving_in_progress() else None
+        )
 
     def check(self) -> None:
         """Raise ``CheckpointError`` as soon as an asynchronous save has failed (cheap when none runs)."""
@@ -115,9 +165,11 @@ class Checkpointer:
     def _save_error(self, step: int | None, err: Exception) -> CheckpointError:
         reason = " ".join(str(err).split())[:300] or type(err).__name__
         what = "a checkpoint" if step is None else f"the checkpoint of step {step}"
+        who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
         return CheckpointError(
-            f"saving {what} to {self.directory} failed ({reason}); check that the "
-            "storage is writable and has room, then rerun the same command to resume"
+            f"{who}saving {what} to {self.directory} failed ({reason}); the newest complete checkpoint "
+            "is kept: rerun the same command to resume (if this happens again, check that the storage "
+            "is writable and has room)"
         )
 
     def restore_newest_intact(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
@@ -165,7 +217,7 @@ class Checkpointer:
             for step in damaged:
                 paths.remove(paths.join(self.directory, str(step)), recursive=True)
         log.warning("resuming from checkpoint %d; removed the damaged checkpoint(s) %s", kept, damaged)
-        _barrier("autext_drop_damaged")
+        barrier("autext_drop_damaged")
         self.manager.reload()
 
     def close(self) -> None:
@@ -182,20 +234,38 @@ class UnreadableCheckpoints(CheckpointError, InputDataError):
 
 
 def _silence_closed_loop_callbacks() -> None:
-    """A failed save or restore leaves tensorstore callbacks aimed at Orbax's closed event loop; each
-    would print a "RuntimeError: Event loop is closed" traceback, even steps later. Only those are
-    silenced (installed once, for the rest of the process)."""
+    """A failed save or restore leaves tensorstore callbacks aimed at Orbax's closed event loop, and
+    Orbax's reads of a damaged checkpoint are abandoned unfinished; Python would print a traceback
+    for each when they are collected ("Exception ignored in: <coroutine ...>", "Event loop is
+    closed"), even steps later, ~100 lines for one fallback. Those become one warning line per
+    process; other unraisable errors are printed as usual (installed once, for the rest of the process)."""
     previous = sys.unraisablehook
     if getattr(previous, "autext_closed_loop_filter", False):
         return
+    warned = []
 
     def hook(unraisable) -> None:
-        error = unraisable.exc_value
-        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+        if not _orbax_leftover(unraisable):
             previous(unraisable)
+            return
+        if not warned:
+            warned.append(True)
+            log.warning(
+                "abandoned checkpoint reads or writes were cancelled (%s); nothing is lost",
+                " ".join(str(unraisable.exc_value).split())[:120] or type(unraisable.exc_value).__name__,
+            )
 
     hook.autext_closed_loop_filter = True
     sys.unraisablehook = hook
+
+
+def _orbax_leftover(unraisable) -> bool:
+    """Whether an unraisable error is an abandoned Orbax/tensorstore task (not a bug elsewhere)."""
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return True
+    code = getattr(unraisable.object, "cr_code", None) or getattr(unraisable.object, "gi_code", None)
+    return code is not None and any(part in code.co_filename for part in ("orbax", "tensorstore"))
 
 
 def _all_processes_ok(ok: bool) -> bool:
@@ -206,8 +276,23 @@ def _all_processes_ok(ok: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
+def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
+    """Wait until every process got here, through JAX's coordination service (no device work); a
+    process that does not arrive within ``timeout_s`` (it failed) is a ``CheckpointError``."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    if client is None:  # not started by jax.distributed (cannot happen with several processes)
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+        return
+    try:
+        client.wait_at_barrier(name, int(timeout_s * 1000))
+    except Exception as err:  # noqa: BLE001 - the coordination service reports timeouts as XlaRuntimeError
+        raise CheckpointError(
+            f"process {jax.process_index()}: the other processes did not reach {name} within "
+            f"{timeout_s:.0f}s ({' '.join(str(err).split())[:200]}); see their logs for what failed"
+        ) from None

@@ -26,8 +26,9 @@ from autext_jax.train.sharding import MeshConfig
 class CheckpointConfig:
     """Save every ``every_steps`` batches and at the end; keep the newest ``keep``.
 
-    ``stop_check_every``: how often (in batches) the processes of a multi-process run agree whether
-    one of them was asked to stop (SIGTERM/SIGINT); each check is a small all-gather.
+    ``stop_check_every``: the fewest batches between two checks whether a process was asked to stop
+    (SIGTERM/SIGINT); a multi-process run also spaces them ~5 s apart (``preemption.StopAgreement``:
+    a key-value exchange through JAX's coordination service, no device work).
     """
 
     every_steps: int = 500

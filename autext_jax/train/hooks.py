@@ -1,6 +1,6 @@
 """What the train loop does besides stepping: log, save, evaluate, stop. Each hook owns its frequency.
 
-The loop (``train.train_loop``) calls, after every step, ``run`` on each hook that is ``due`` and
+The loop (``loop.train_loop``) calls, after every step, ``act`` on each hook that is ``due`` and
 then ``after_step`` on all of them. Metrics are checked for NaN/inf (``LogHook.flush``) before any
 hook marked ``needs_finite`` acts, so a checkpoint never holds the result of a diverged step.
 """
@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -19,7 +20,7 @@ import numpy as np
 from autext_jax.errors import Stopped, TrainingDiverged
 from autext_jax.train.checkpointing import Checkpointer
 from autext_jax.train.metric_writers import MetricWriters
-from autext_jax.train.preemption import StopSignals
+from autext_jax.train.preemption import StopAgreement, StopSignals
 from autext_jax.train.throughput import mfu, train_flops
 
 log = logging.getLogger("autext_jax.train")
@@ -28,7 +29,7 @@ State = dict[str, Any]
 
 
 class Hook:
-    """``run`` every ``every`` steps (0: never); ``after_step`` after every step."""
+    """``act`` every ``every`` steps (0: never); ``after_step`` after every step."""
 
     needs_finite = False
 
@@ -38,30 +39,29 @@ class Hook:
     def due(self, step: int, last: bool) -> bool:
         return bool(self.every) and step % self.every == 0
 
-    def run(self, step: int, state: State) -> None:
+    def act(self, step: int, state: State) -> None:
         raise NotImplementedError
 
     def after_step(self, step: int) -> None:
         pass
 
 
+@dataclass(frozen=True)
+class LogSettings:
+    """What a training log line is computed from besides the metrics: the schedule and the sizes."""
+
+    lr: Callable[[int], float]
+    batch_size: int
+    encoder: Any  # the EncoderConfig: FLOPs per example for the MFU
+    per_epoch: int
+
+
 class LogHook(Hook):
     """Training metrics averaged over the last ``every`` steps → the metric writers and the progress bar."""
 
-    def __init__(
-        self,
-        every: int,
-        writers: MetricWriters,
-        progress,
-        *,
-        lr: Callable[[int], float],
-        batch_size: int,
-        encoder,
-        per_epoch: int,
-    ):
+    def __init__(self, every: int, writers: MetricWriters, progress, settings: LogSettings):
         super().__init__(every)
-        self.writers, self.progress, self.lr = writers, progress, lr
-        self.batch_size, self.encoder, self.per_epoch = batch_size, encoder, per_epoch
+        self.writers, self.progress, self.settings = writers, progress, settings
         self.devices = jax.devices()
         self._window: list[tuple[dict[str, jax.Array], int]] = []
         self._start = time.perf_counter()
@@ -69,7 +69,7 @@ class LogHook(Hook):
     def record(self, metrics: dict[str, jax.Array], seq_len: int) -> None:
         self._window.append((metrics, seq_len))
 
-    def run(self, step: int, state: State) -> None:
+    def act(self, step: int, state: State) -> None:
         self.flush(step)
 
     def flush(self, step: int) -> None:
@@ -80,18 +80,19 @@ class LogHook(Hook):
         for offset, rec in enumerate(records):
             _check_finite(rec, step - len(records) + offset + 1)
         elapsed = max(time.perf_counter() - self._start, 1e-9)
-        flops = sum(train_flops(self.encoder, self.batch_size, seq) for _, seq in self._window)
+        cfg = self.settings
+        flops = sum(train_flops(cfg.encoder, cfg.batch_size, seq) for _, seq in self._window)
         summary: dict[str, Any] = {
             k: float(np.mean([r[k] for r in records]))
             for k in ("loss", "bot_loss", "english_loss", "grad_norm")
         }
-        summary["lr"] = self.lr(step)
-        summary["examples_per_s"] = len(records) * self.batch_size / elapsed
+        summary["lr"] = cfg.lr(step)
+        summary["examples_per_s"] = len(records) * cfg.batch_size / elapsed
         summary["tokens_per_s"] = sum(r["tokens"] for r in records) / elapsed
         utilisation = mfu(flops, elapsed, self.devices[0].device_kind, len(self.devices))
         if utilisation is not None:
             summary["mfu"] = utilisation
-        self.writers.write({"split": "train", "step": step, "epoch": (step - 1) // self.per_epoch, **summary})
+        self.writers.write({"split": "train", "step": step, "epoch": (step - 1) // cfg.per_epoch, **summary})
         self.progress.set_postfix(loss=f"{summary['loss']:.4f}", ex_s=f"{summary['examples_per_s']:.1f}")
         self._window, self._start = [], time.perf_counter()
 
@@ -110,18 +111,38 @@ class SaveHook(Hook):
 
     needs_finite = True
 
-    def __init__(self, every: int, checkpointer: Checkpointer, meta: Callable[[int], dict[str, Any]]):
+    def __init__(
+        self,
+        every: int,
+        checkpointer: Checkpointer,
+        meta: Callable[[int], dict[str, Any]],
+        on_saved: Callable[[int], None] | None = None,
+    ):
         super().__init__(every)
-        self.checkpointer, self.meta = checkpointer, meta
+        self.checkpointer, self.meta, self.on_saved = checkpointer, meta, on_saved
         self.saved_at = -1
 
     def due(self, step: int, last: bool) -> bool:
         return super().due(step, last) or last
 
-    def run(self, step: int, state: State) -> None:
+    def act(self, step: int, state: State) -> None:
         if self.saved_at != step:
             self.checkpointer.save(step, state, self.meta(step))
             self.saved_at = step
+            if self.on_saved is not None:
+                self.on_saved(step)
+
+    def save_now(self, step: int, state: State) -> int:
+        """A committed checkpoint before the process leaves; returns its step.
+
+        With a periodic save still in flight, that one is finished instead of writing a second one
+        after it: a preempted VM has 30 s, and resuming from either step gives the same result.
+        """
+        in_flight = self.checkpointer.in_flight()
+        if in_flight is None:
+            self.act(step, state)
+        self.checkpointer.wait()
+        return step if in_flight is None else in_flight
 
     def after_step(self, step: int) -> None:
         self.checkpointer.check()
@@ -139,28 +160,39 @@ class EvalHook(Hook):
     def due(self, step: int, last: bool) -> bool:
         return super().due(step, last) and not last
 
-    def run(self, step: int, state: State) -> None:
+    def act(self, step: int, state: State) -> None:
         self.evaluate(step, state)
 
 
 class StopHook(Hook):
-    """Every ``every`` steps all processes agree whether one was signalled; then save, wait and stop."""
+    """At the steps ``agreement`` names all processes learn whether one was signalled; then flush,
+    save and stop (``preemption.py``)."""
 
-    def __init__(self, every: int, signals: StopSignals, log_hook: LogHook, save_hook: SaveHook):
-        super().__init__(every)
-        self.signals, self.log_hook, self.save_hook = signals, log_hook, save_hook
+    def __init__(
+        self,
+        agreement: StopAgreement,
+        signals: StopSignals,
+        *,
+        flush: Callable[[int], None],
+        save: Callable[[int, State], int],
+    ):
+        super().__init__(agreement.every)
+        self.agreement, self.signals, self.flush, self.save = agreement, signals, flush, save
 
     def due(self, step: int, last: bool) -> bool:
-        return super().due(step, last) and not last  # the last step saves and finishes anyway
+        return self.agreement.due(step) and not last  # the last step saves and finishes anyway
 
-    def run(self, step: int, state: State) -> None:
-        signum = self.signals.agreed()
+    def act(self, step: int, state: State) -> None:
+        signum = self.agreement.check(step, self.signals.requested)
         if not signum:
             return
-        self.log_hook.flush(step)
-        self.save_hook.run(step, state)
-        self.save_hook.checkpointer.wait()
-        self.log_hook.writers.close()
+        self.flush(step)
+        saved = self.save(step, state)
+        which = "" if saved == step else f" (of step {saved}: the save that was in flight)"
         raise Stopped(
-            signum, f"stopped at step {step} with a checkpoint saved; run the same command again to resume"
+            signum,
+            f"stopped at step {step} with a checkpoint saved{which}; run the same command again to resume",
         )
+
+    def after_step(self, step: int) -> None:
+        self.agreement.post(self.signals.requested)

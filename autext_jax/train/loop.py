@@ -1,10 +1,11 @@
-"""The training run: ``setup`` → ``restore_or_init`` → ``train_loop`` (with hooks) → ``finish``.
+"""The training run: ``train`` = ``setup`` → ``restore_or_init`` → ``train_loop`` (hooks) → ``finish``.
 
 ``workdir`` is a local folder or a URL (``gs://BUCKET/RUN``). Running the same command again resumes
 from the newest intact checkpoint in ``workdir/checkpoints``; the result is bit-identical (on CPU) to a
 run that was never interrupted. ``setup`` probes and leases the workdir and builds data, mesh and
-jitted steps; the log / save / eval / stop hooks (``hooks.py``) own their frequencies; ``finish`` runs
-the final validation, tunes the threshold and exports the model. The CLI is ``train/__main__.py``.
+jitted steps into a ``Job``; the log / save / eval / stop hooks (``hooks.py``) own their frequencies;
+``finish`` runs the final validation, tunes the threshold and exports the model. Process 0 keeps
+``run_status.json`` (``run_status.py``) current throughout. The CLI is ``train/__main__.py``.
 """
 
 from __future__ import annotations
@@ -28,22 +29,23 @@ from autext_jax.model import compute_dtype
 from autext_jax.train import sharding as shd
 from autext_jax.train.checkpointing import Checkpointer, CheckpointMismatchError
 from autext_jax.train.config import TrainConfig
-from autext_jax.train.hooks import EvalHook, Hook, LogHook, SaveHook, StopHook
+from autext_jax.train.hooks import EvalHook, Hook, LogHook, LogSettings, SaveHook, StopHook
 from autext_jax.train.metric_writers import MetricWriters
 from autext_jax.train.optim import build_optimizer, current_lr
-from autext_jax.train.preemption import StopSignals
+from autext_jax.train.preemption import StopAgreement, StopSignals
 from autext_jax.train.prepare import Prepared, load_training_tokenizer, prepare_model
+from autext_jax.train.run_status import RunStatus, source_commit
 from autext_jax.train.rundir import check_digest, claim, config_digest, guard_config, probe, write_config
 from autext_jax.train.steps import TrainSteps, host_params, merge_model
 from autext_jax.train.validation import validation_metrics
 
-__all__ = ["Run", "finish", "restore_or_init", "run", "setup", "train_loop"]
+__all__ = ["Job", "finish", "restore_or_init", "setup", "train", "train_loop"]
 
 log = logging.getLogger("autext_jax.train")
 
 
 @dataclass
-class Run:
+class Job:
     """Everything ``setup`` resolved: what the loop, its hooks and the finish work with."""
 
     cfg: TrainConfig
@@ -58,6 +60,11 @@ class Run:
     digest: str
     writers: MetricWriters
     lead: bool = field(default_factory=lambda: jax.process_index() == 0)
+    commit: str | None = None
+
+    @property
+    def batching(self) -> dict[str, Any]:
+        return batching(self.cfg, self.prepared.model_cfg)
 
     @property
     def export_dir(self) -> str:
@@ -72,6 +79,7 @@ class Run:
             "steps_per_epoch": self.per_epoch,
             "total_steps": self.total,
             "config_digest": self.digest,
+            "commit": self.commit,
         }
 
     def evaluate(self, step: int, state: dict[str, Any]) -> dict[str, Any]:
@@ -82,10 +90,7 @@ class Run:
             batches = eval_batches(
                 self.val_ds,
                 global_batch_size=self.cfg.eval.batch_size,
-                buckets=self.cfg.data.buckets,
-                pad_id=self.prepared.model_cfg.encoder.pad_token_id,
-                process_index=jax.process_index(),
-                process_count=jax.process_count(),
+                **self.batching,
             )
             outputs = (self.steps.eval_outputs(state["params"], local) for local in batches)
             result = validation_metrics(outputs, self.val_ds, lang_loss_weight=self.cfg.lang_loss_weight)
@@ -94,7 +99,17 @@ class Run:
         return result
 
 
-def setup(prepared: Prepared, workdir: str, checkpointer: Checkpointer) -> Run:
+def batching(cfg: TrainConfig, model_cfg: Any) -> dict[str, Any]:
+    """How batches are cut and shared out among processes: the same for training and validation."""
+    return {
+        "buckets": cfg.data.buckets,
+        "pad_id": model_cfg.encoder.pad_token_id,
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+    }
+
+
+def setup(prepared: Prepared, workdir: str, checkpointer: Checkpointer, commit: str | None = None) -> Job:
     """Config guard, data, mesh and jitted steps (the workdir is already probed and leased)."""
 
     cfg, model_cfg = prepared.cfg, prepared.model_cfg
@@ -108,13 +123,7 @@ def setup(prepared: Prepared, workdir: str, checkpointer: Checkpointer) -> Run:
     tokenizer = load_training_tokenizer(prepared.tokenizer_dir, model_cfg, cfg.data.max_length)
     train_ds, val_ds = build_datasets(cfg.data, tokenizer)
     stream = BatchStream(
-        train_ds,
-        global_batch_size=cfg.batch_size,
-        buckets=cfg.data.buckets,
-        seed=cfg.seed,
-        pad_id=model_cfg.encoder.pad_token_id,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        train_ds, global_batch_size=cfg.batch_size, seed=cfg.seed, **batching(cfg, model_cfg)
     )
     per_epoch = stream.steps_per_epoch
     if per_epoch == 0:
@@ -131,7 +140,7 @@ def setup(prepared: Prepared, workdir: str, checkpointer: Checkpointer) -> Run:
     tx = build_optimizer(cfg.optimizer, prepared.layout.names, model_cfg.encoder.num_layers, total)
     steps = TrainSteps(prepared.layout, tx, mesh, lang_loss_weight=cfg.lang_loss_weight)
     writers = MetricWriters(workdir, enabled=lead, tensorboard=cfg.tensorboard)
-    return Run(
+    return Job(
         cfg,
         prepared,
         workdir,
@@ -144,22 +153,23 @@ def setup(prepared: Prepared, workdir: str, checkpointer: Checkpointer) -> Run:
         config_digest(resolved),
         writers,
         lead,
+        commit,
     )
 
 
-def restore_or_init(run: Run) -> tuple[dict[str, Any], int]:
+def restore_or_init(job: Job) -> tuple[dict[str, Any], int]:
     """The newest intact checkpoint's state and step, or the initial parameters at step 0."""
 
-    cfg, prepared = run.cfg, run.prepared
-    restored = run.checkpointer.restore_newest_intact(run.steps.abstract_state())
+    cfg, prepared = job.cfg, job.prepared
+    restored = job.checkpointer.restore_newest_intact(job.steps.abstract_state())
     prepared_initial, prepared.initial = prepared.initial, None  # dropped either way: the host copy is big
     if restored is not None:
         state, meta = restored
-        check_digest(run.workdir, meta.get("config_digest"), run.digest, cfg.allow_config_change)
-        if meta.get("steps_per_epoch") != run.per_epoch and not cfg.allow_config_change:
+        check_digest(job.workdir, meta.get("config_digest"), job.digest, cfg.allow_config_change)
+        if meta.get("steps_per_epoch") != job.per_epoch and not cfg.allow_config_change:
             raise CheckpointMismatchError(
                 f"the checkpoint was made with {meta.get('steps_per_epoch')} batches per epoch, the data now "
-                f"gives {run.per_epoch}; the data changed: use another --workdir"
+                f"gives {job.per_epoch}; the data changed: use another --workdir"
             )
         step = int(meta["step"])
         log.info(
@@ -172,29 +182,29 @@ def restore_or_init(run: Run) -> tuple[dict[str, Any], int]:
     if prepared_initial is not None:
         if prepared.fresh_note:
             log.warning(prepared.fresh_note)
-        params = run.steps.place_params(prepared_initial)
+        params = job.steps.place_params(prepared_initial)
     else:
-        params = run.steps.init_params(prepared.model_cfg, seed=cfg.seed, dtype=compute_dtype(cfg.dtype))
+        params = job.steps.init_params(prepared.model_cfg, seed=cfg.seed, dtype=compute_dtype(cfg.dtype))
         log.info("model initialised randomly from seed %d (no init given)", cfg.seed)
-    return run.steps.init_state(params), 0
+    return job.steps.init_state(params), 0
 
 
-def train_loop(run: Run, state: dict[str, Any], step: int, hooks: Sequence[Hook], log_hook: LogHook):
-    """Step until ``run.total``; after each step the due hooks run (the log flushed first if needed)."""
-    cfg, steps = run.cfg, run.steps
-    while step < run.total:
-        epoch, index = divmod(step, run.per_epoch)
-        for local in run.stream.batches(epoch, start=index):
+def train_loop(job: Job, state: dict[str, Any], step: int, hooks: Sequence[Hook], log_hook: LogHook):
+    """Step until ``job.total``; after each step the due hooks act (the log flushed first if needed)."""
+    cfg, steps = job.cfg, job.steps
+    while step < job.total:
+        epoch, index = divmod(step, job.per_epoch)
+        for local in job.stream.batches(epoch, start=index):
             key = steps.dropout_key(cfg.seed, step)
             state, metrics = steps.train_step(state, steps.global_batch(local), key)
             step += 1
-            last = step == run.total
+            last = step == job.total
             log_hook.record(metrics, int(local["input_ids"].shape[1]))
             due = [h for h in hooks if h.due(step, last)]
             if any(h.needs_finite for h in due):
                 log_hook.flush(step)
             for hook in due:
-                hook.run(step, state)
+                hook.act(step, state)
             for hook in hooks:
                 hook.after_step(step)
             log_hook.progress.update(1)
@@ -203,47 +213,56 @@ def train_loop(run: Run, state: dict[str, Any], step: int, hooks: Sequence[Hook]
     return state, step
 
 
-def finish(run: Run, state: dict[str, Any], step: int) -> dict[str, Any]:
+def finish(job: Job, state: dict[str, Any], step: int) -> dict[str, Any]:
     """Final validation, the tuned threshold, and the export (every process takes part)."""
 
-    run.checkpointer.wait()
-    final = run.evaluate(step, state)
-    model_cfg = run.prepared.model_cfg
+    job.checkpointer.wait()
+    final = job.evaluate(step, state)
+    model_cfg = job.prepared.model_cfg
     threshold = final.get("best_threshold")
     if threshold is None:
         log.warning("no threshold tuned (validation lacks one class): keeping %s", model_cfg.threshold)
         threshold = model_cfg.threshold
     values = host_params(state["params"])  # a collective: every process takes part
-    if run.lead:
-        model = merge_model(run.steps.layout, values, train=False)
+    if job.lead:
+        model = merge_model(job.steps.layout, values, train=False)
         export_model(
             model,
             model_cfg.replace(threshold=threshold),
-            run.export_dir,
-            tokenizer_dir=run.prepared.tokenizer_dir,
+            job.export_dir,
+            tokenizer_dir=job.prepared.tokenizer_dir,
         )
-        log.info("exported to %s (threshold %.4f)", run.export_dir, threshold)
-    return {"step": step, "export": run.export_dir, "validation": final, "complete": True}
+        log.info("exported to %s (threshold %.4f)", job.export_dir, threshold)
+    return {"step": step, "export": job.export_dir, "validation": final, "complete": True}
 
 
-def run(cfg: TrainConfig, workdir: str | Path) -> dict[str, Any]:
-    """Train (or resume) in ``workdir``; returns the final validation metrics and the export path."""
+def train(cfg: TrainConfig, workdir: str | Path) -> dict[str, Any]:
+    """Train (or resume) in ``workdir``; returns the final validation metrics and the export path.
+
+    ``run_status.json`` says ``running`` from the start and how the run ended, whatever ends it.
+    """
 
     workdir = str(workdir)
     probe(workdir)
     checkpointer = Checkpointer(paths.join(workdir, "checkpoints"), cfg.checkpoint)
+    status = RunStatus(workdir, enabled=jax.process_index() == 0, commit=source_commit())
     lease = None
     try:
         lease = claim(workdir)
+        checkpointer.sweep_uncommitted()
+        status.running(checkpointer.latest_step())
         # From here on a SIGTERM/Ctrl-C (even one during compilation) is acted on at the next stop check.
-        with StopSignals() as signals:
-            result = _run(prepare_model(cfg), workdir, checkpointer, signals)
+        with StopSignals(on_request=lease.note_stopping if lease is not None else None) as signals:
+            result = _train_in(prepare_model(cfg), workdir, checkpointer, signals, status)
         checkpointer.wait()
+        status.ended(None, step=result["step"], export=result["export"])
         return result
-    except BaseException:
+    except BaseException as err:
         # An in-flight save still completes (it holds good parameters); its own failure, if any, must
         # not replace the error that is already on its way to the user.
         checkpointer.wait_quietly()
+        if lease is not None:  # a run refused the workdir's lease must not overwrite its owner's status
+            status.ended(err, step=_saved_step(checkpointer))
         raise
     finally:
         checkpointer.close()
@@ -251,42 +270,55 @@ def run(cfg: TrainConfig, workdir: str | Path) -> dict[str, Any]:
             lease.release()
 
 
-def _run(
-    prepared: Prepared, workdir: str, checkpointer: Checkpointer, signals: StopSignals
+def _train_in(
+    prepared: Prepared, workdir: str, checkpointer: Checkpointer, signals: StopSignals, status: RunStatus
 ) -> dict[str, Any]:
-
-    run_ = setup(prepared, workdir, checkpointer)
-    cfg = run_.cfg
+    job = setup(prepared, workdir, checkpointer, commit=status.commit)
+    cfg = job.cfg
     try:
-        state, step = restore_or_init(run_)
-        if run_.lead:  # only once the checkpoint (if any) was accepted for this config
+        state, step = restore_or_init(job)
+        if job.lead:  # only once the checkpoint (if any) was accepted for this config
             write_config(workdir, cfg.to_json())
-        run_.writers.start_at(step)
-        if step >= run_.total and paths.isfile(paths.join(run_.export_dir, "config.json")):
-            log.info("already complete (%d steps); export in %s", step, run_.export_dir)
-            return {"step": step, "export": run_.export_dir, "complete": True}
-        progress = _progress(run_.total, step, enabled=run_.lead and cfg.progress)
+        job.writers.start_at(step)
+        if step >= job.total and paths.isfile(paths.join(job.export_dir, "config.json")):
+            log.info("already complete (%d steps); export in %s", step, job.export_dir)
+            return {"step": step, "export": job.export_dir, "complete": True}
+        progress = _progress(job.total, step, enabled=job.lead and cfg.progress)
         log_hook = LogHook(
             cfg.log_every,
-            run_.writers,
+            job.writers,
             progress,
-            lr=lambda at: float(current_lr(cfg.optimizer, run_.total, at)),
-            batch_size=cfg.batch_size,
-            encoder=prepared.model_cfg.encoder,
-            per_epoch=run_.per_epoch,
+            LogSettings(
+                lr=lambda at: float(current_lr(cfg.optimizer, job.total, at)),
+                batch_size=cfg.batch_size,
+                encoder=prepared.model_cfg.encoder,
+                per_epoch=job.per_epoch,
+            ),
         )
-        save_hook = SaveHook(cfg.checkpoint.every_steps, checkpointer, run_.meta)
+        save_hook = SaveHook(cfg.checkpoint.every_steps, checkpointer, job.meta, on_saved=status.running)
         hooks = [
             log_hook,
             save_hook,
-            EvalHook(cfg.eval.every_steps, run_.evaluate),
-            StopHook(cfg.checkpoint.stop_check_every, signals, log_hook, save_hook),
+            EvalHook(cfg.eval.every_steps, job.evaluate),
+            StopHook(
+                StopAgreement.for_this_run(cfg.checkpoint.stop_check_every),
+                signals,
+                flush=log_hook.flush,
+                save=save_hook.save_now,
+            ),
         ]
-        state, step = train_loop(run_, state, step, hooks, log_hook)
+        state, step = train_loop(job, state, step, hooks, log_hook)
         progress.close()
-        return finish(run_, state, step)
+        return finish(job, state, step)
     finally:
-        run_.writers.close()
+        job.writers.close()
+
+
+def _saved_step(checkpointer: Checkpointer) -> int | None:
+    try:
+        return checkpointer.latest_step()
+    except Exception:  # noqa: BLE001 - the status is written on the way out of any failure
+        return None
 
 
 def _short(result: dict[str, Any]) -> str:
@@ -298,4 +330,3 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(
         total=total, initial=initial, disable=not enabled, desc="train", unit="step", dynamic_ncols=True
     )
-

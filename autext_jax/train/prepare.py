@@ -82,4 +82,3 @@ def load_training_tokenizer(directory: Path, model_cfg: ModelConfig, max_length:
             f"data.max_length {max_length} exceeds the model's {model_cfg.encoder.max_tokens} positions"
         )
     return tokenizer
-

@@ -3,8 +3,11 @@
 - ``probe``: before any step, write and read back a small file, so an unknown scheme, a missing
   bucket or no write permission is one line (exit 2) instead of a failure at the first checkpoint.
 - ``Lease``: ``lease.json`` names the run that owns the workdir and is renewed by a heartbeat
-  thread; a second run exits 2 at once. It works on object stores (no locks there): a lease is stale
-  when its heartbeat is older than ``LEASE_TTL_S`` or its process is gone from this host (kill -9).
+  thread; a second run exits 2 at once. It works on object stores (no locks there). A lease is stale
+  when its heartbeat is older than ``LEASE_TTL_S``; when it was written on this host during another
+  boot (a re-created VM keeps its hostname) or its process is gone (kill -9; a pid reused by another
+  process is told apart by the process's start time); or when its run was stopping (SIGTERM/Ctrl-C)
+  and its heartbeat is older than ``STOPPING_GRACE_S`` (time for the stop checkpoint, not the TTL).
 - ``check_shared``: every process of a multi-process run must see the lease process 0 wrote, else
   the hosts do not share the workdir (exit 2, instead of each host writing its own run).
 - ``train_config.json``: written by process 0; a checkpoint of another config is refused.
@@ -34,6 +37,8 @@ CONFIG_FILE = "train_config.json"
 LEASE_FILE = "lease.json"
 LEASE_TTL_S = 120.0
 HEARTBEAT_S = 20.0
+STOPPING_GRACE_S = 45.0  # a preempted VM gets 30 s to save; then its lease no longer blocks
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 SHARED_WAIT_S = 20.0  # how long other processes look for process 0's lease (object stores lag a little)
 # Fields that may change between a run and its resumption without changing the trajectory.
 RESUMABLE_FIELDS = (
@@ -74,21 +79,47 @@ def probe(workdir: str) -> None:
         ) from None
 
 
+def boot_id() -> str | None:
+    """This machine's boot id (Linux): a hostname can come back on a new VM, a boot id cannot."""
+    try:
+        with open(BOOT_ID_FILE, encoding="ascii") as stream:
+            return stream.read().strip() or None
+    except OSError:
+        return None
+
+
+def process_start(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot; Linux), to tell a reused pid from the original."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stream:
+            fields = stream.read().rsplit(")", 1)[1].split()
+        return int(fields[19])  # field 22 of stat; the two before the ")" split are pid and name
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _alive_here(record: dict[str, Any]) -> bool:
-    """Whether the lease's process runs on this host (``False`` when it is on another host: unknown)."""
+    """Whether the lease's process runs on this host in this boot (``False`` when not, or unknown)."""
     if record.get("host") != socket.gethostname():
         return False
+    if record.get("boot_id") and record.get("boot_id") != boot_id():
+        return False  # the same hostname on a re-created VM: that process died with the old one
     try:
-        os.kill(int(record["pid"]), 0)
-    except (OSError, ValueError, KeyError):
+        pid = int(record["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, OverflowError):
         return False
-    return True
+    started = record.get("started")
+    return started is None or process_start(pid) in (None, started)
 
 
 def _stale(record: dict[str, Any], now: float) -> bool:
+    age = now - float(record.get("heartbeat", 0))
+    if record.get("state") == "stopping" and age > STOPPING_GRACE_S:
+        return True
     if record.get("host") == socket.gethostname():
         return not _alive_here(record)
-    return now - float(record.get("heartbeat", 0)) > LEASE_TTL_S
+    return age > LEASE_TTL_S
 
 
 class Lease:
@@ -97,7 +128,9 @@ class Lease:
     def __init__(self, workdir: str):
         self.path = paths.join(workdir, LEASE_FILE)
         self.token = uuid.uuid4().hex
+        self.stopping = False
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _record(self) -> dict[str, Any]:
@@ -105,8 +138,18 @@ class Lease:
             "token": self.token,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "boot_id": boot_id(),
+            "started": process_start(os.getpid()),
+            "state": "stopping" if self.stopping else "running",
             "heartbeat": time.time(),
         }
+
+    def note_stopping(self) -> None:
+        """The run was told to stop: say so at once (cheap; safe from a signal handler), so that a
+        relaunch elsewhere waits only ``STOPPING_GRACE_S`` if this process never gets to release."""
+        if not self.stopping:
+            self.stopping = True
+            self._wake.set()
 
     def _read(self) -> dict[str, Any] | None:
         try:
@@ -138,7 +181,11 @@ class Lease:
         )
 
     def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
+        while True:
+            self._wake.wait(HEARTBEAT_S)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 paths.write_text(self.path, json.dumps(self._record()) + "\n")
             except Exception as err:  # noqa: BLE001 - a missed heartbeat is not fatal; the TTL is long
@@ -148,6 +195,7 @@ class Lease:
         if self._thread is None:
             return
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=5)
         self._thread = None
         held = self._read()
