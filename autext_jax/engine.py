@@ -248,7 +248,8 @@ class InferenceEngine:
         exception propagates, so a caller writing records has written all of them.
 
         Reading and tokenizing run in a background thread, one block ahead of the device, so the
-        accelerator is not kept waiting on the host (so up to two windows of inputs are in flight). ``stop`` is asked between batches (and while
+        accelerator is not kept waiting on the host (so up to two windows of inputs are in flight).
+        ``stop`` is asked between batches (and while
         waiting for input); when it returns true, ``StopRequested`` is raised and the block in
         progress is dropped.
         """

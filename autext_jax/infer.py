@@ -14,25 +14,30 @@ SIGTERM (``signals.py``: every record written so far is complete; a corpus run r
 
 from __future__ import annotations
 
-import argparse
-import io
-import logging
-import math
-import os
-import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import IO, Any
+from autext_jax.signals import STOP
 
-from autext_jax import cli, corpus, inputs, paths
-from autext_jax.config import COMPUTE_DTYPES
-from autext_jax.errors import InputDataError as InputError
-from autext_jax.errors import UsageError
-from autext_jax.inputs import Columns, Item
-from autext_jax.signals import StopFlag
-from autext_jax.writers import FORMATS as OUTPUT_FORMATS
-from autext_jax.writers import RecordWriter, open_writer
+if __name__ == "__main__":  # ``python -m``: take the signals before anything slow is imported
+    STOP.install()
+
+import argparse  # noqa: E402 - after the signal handlers
+import io  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import IO, Any  # noqa: E402
+
+from autext_jax import cli, corpus, inputs, paths  # noqa: E402
+from autext_jax.config import COMPUTE_DTYPES  # noqa: E402
+from autext_jax.errors import InputDataError as InputError  # noqa: E402
+from autext_jax.errors import UsageError  # noqa: E402
+from autext_jax.inputs import Columns, Item  # noqa: E402
+from autext_jax.signals import StopFlag  # noqa: E402
+from autext_jax.writers import FORMATS as OUTPUT_FORMATS  # noqa: E402
+from autext_jax.writers import RecordWriter, open_writer  # noqa: E402
 
 FORMATS = inputs.FORMATS
 __all__ = ["Item", "RecordWriter", "build_parser", "main"]
@@ -188,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    stop = StopFlag().install()  # before JAX is imported: no timing can lose a signal
+    stop = STOP.install()  # before JAX is imported: no timing can lose a signal
     try:
         parser = build_parser()
         return cli.main("autext-jax", parser, lambda args: _main(args, stop), argv)
@@ -224,6 +229,7 @@ def _main(args: argparse.Namespace, stop: StopFlag) -> int:
     log.info(
         "model: %s%s (dtype %s, threshold %.4f)", which, detector.model_dir, args.dtype, detector.threshold
     )
+    stop.begin_work()
     if corpus_mode:
         return _run_corpus(args, detector, fmt, shard, stop, cache_dir)
     return _run_stream(args, detector, fmt, stop, cache_dir)

@@ -6,11 +6,14 @@ run goes on; and a preempted VM's SIGTERM would kill the process mid-record. Wit
 installed (first thing in the CLI, before JAX is imported) a signal only records its number; the
 engine asks between batches and while waiting for input, the run stops at the next check, writes
 nothing half, and exits ``128 + signal`` (130 for Ctrl-C, 143 for SIGTERM). A second Ctrl-C raises
-``KeyboardInterrupt`` at once, for a user who will not wait.
+``KeyboardInterrupt`` at once, for a user who will not wait. Until the run has begun writing
+(``begin_work``: imports, model loading, compiling) there is nothing to finish, so a signal ends the
+process at once with one line and the same exit code.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -24,15 +27,25 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.requested = 0
+        self.starting = True  # nothing written yet: a signal may end the process at once
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame) -> None:
+        if self.starting:
+            name = signal.Signals(signum).name
+            os.write(2, f"autext-jax: interrupted by {name} while starting; nothing was written\n".encode())
+            os._exit(128 + signum)
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
         self.requested = self.requested or signum
 
     def install(self) -> StopFlag:
-        """Take over both signals (main thread only; elsewhere the defaults stay)."""
+        """Take over both signals (main thread only; elsewhere the defaults stay). Installing again
+        keeps a signal that came in between (``python -m`` installs first thing, ``main`` again)."""
+        if self._previous:
+            return self
+        self.requested = 0
+        self.starting = True
         if threading.current_thread() is threading.main_thread():
             for signum in SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
@@ -43,6 +56,10 @@ class StopFlag:
             signal.signal(signum, handler)
         self._previous.clear()
 
+    def begin_work(self) -> None:
+        """From here on a signal is a request, answered at the next check (output is being written)."""
+        self.starting = False
+
     def __call__(self) -> bool:
         """Whether a stop was asked for (the engine's ``stop`` callback)."""
         return bool(self.requested)
@@ -52,3 +69,6 @@ class StopFlag:
         if self.requested:
             raise Stopped(self.requested, f"interrupted by {signal.Signals(self.requested).name}; "
                           "every record written is complete")
+
+
+STOP = StopFlag()  # the scoring CLI's flag (installed by ``infer`` when it starts)
