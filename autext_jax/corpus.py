@@ -183,7 +183,11 @@ class CorpusRun:
             with paths.open_binary(tmp, "wb") as stream:
                 writer = open_part(part, stream)
                 writer.begin()
-                result = score(part, writer)
+                try:
+                    result = score(part, writer)
+                except BaseException:
+                    writer.abort()  # the part is dropped: no footer, no complaint at exit
+                    raise
                 writer.close()
         except BaseException:
             if paths.exists(tmp):

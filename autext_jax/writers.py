@@ -44,6 +44,9 @@ class RecordWriter:
         elif self.fmt == "raid":
             self._write("[\n")
 
+    def abort(self) -> None:
+        """Nothing to undo: every record already written is complete."""
+
     def close(self) -> None:
         """RAID's closing bracket (a stopped run leaves the array open: its lines are complete)."""
         if self.fmt == "raid":
@@ -129,6 +132,14 @@ class ParquetWriter:
             table = pa.Table.from_pylist(rows, self.schema)
             self._writer.write_table(table)
             self._rows = []
+
+    def abort(self) -> None:
+        """Drop the buffered rows and the writer without a footer (the caller removes the file)."""
+        self._rows = []
+        writer, self._writer = self._writer, None
+        with contextlib.suppress(Exception):
+            if writer is not None:
+                writer.close()
 
     def close(self) -> None:
         self._flush()
