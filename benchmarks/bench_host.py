@@ -21,7 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+_REPO = Path(__file__).resolve().parents[1]
+# ../shared beside the checkout (or beside the folder of worktrees).
+SHARED = next((p for p in (_REPO.parent / "shared", _REPO.parent.parent / "shared") if p.is_dir()),
+              _REPO.parent / "shared")
 BASE = {"layers": 12, "hidden": 768, "intermediate": 3072}
 
 
