@@ -50,3 +50,4 @@ def run(*argv: object, timeout: float = 300, **extra: str) -> subprocess.Complet
 def tree(folder: Path) -> dict[str, bytes]:
     """Every file below ``folder`` by relative path, with its bytes."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+

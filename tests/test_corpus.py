@@ -162,3 +162,4 @@ def test_eight_local_devices_give_the_same_records_and_no_training_import(tmp_pa
     assert [r["id"] for r in a] == [r["id"] for r in b] and len(a) == 30
     assert all(abs(x["bot_prob"] - y["bot_prob"]) < 1e-5 for x, y in zip(a, b, strict=True))
     assert os.path.getsize(tmp_path / "one.jsonl") > 0
+
