@@ -9,7 +9,7 @@ with the checkpoint's threshold unless ``threshold`` overrides it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import numpy as np
 
 from autext_jax.config import ModelConfig, check_threshold
 from autext_jax.convert import load_checkpoint
-from autext_jax.engine import EngineOptions, InferenceEngine
+from autext_jax.engine import DocLogits, EngineOptions, EngineStats, InferenceEngine
 from autext_jax.hub import check_tokenizer, load_tokenizer, resolve_model_dir
 from autext_jax.model import compute_dtype
 from autext_jax.scores import scores_from_logits
@@ -64,16 +64,32 @@ class Detector:
         Memory stays bounded for any length of ``texts`` (it is read lazily).
         """
         for _, doc in self.engine.run(enumerate(_checked(texts))):
-            yield self.record(doc.bot, doc.english, doc.n_chunks)
+            yield self.record(doc)
 
-    def record(self, bot_logit: float, english_logit: float, n_chunks: int) -> dict[str, Any]:
-        """One text's record from its logits (shared by ``score_iter`` and the CLI)."""
-        s = scores_from_logits(np.float32([bot_logit]), np.float32([english_logit]), self.threshold)
+    def run(
+        self, items: Iterable[tuple[Any, str | None]], stop: Callable[[], bool] | None = None
+    ) -> Iterator[tuple[Any, DocLogits | None]]:
+        """``(tag, text)`` pairs to ``(tag, DocLogits)`` in input order (see ``InferenceEngine.run``)."""
+        return self.engine.run(items, stop)
+
+    @property
+    def stats(self) -> EngineStats:
+        """What the engine has done so far (texts, batches, padding, compilations)."""
+        return self.engine.stats
+
+    def record(self, doc: DocLogits) -> dict[str, Any]:
+        """One text's record from the engine's result (the one place records are built: API and CLI).
+
+        ``n_tokens``/``truncated`` say how much of the text the scores rest on.
+        """
+        s = scores_from_logits(np.float32([doc.bot]), np.float32([doc.english]), self.threshold)
         return {
             "bot_prob": float(s["bot_prob"][0]),
             "english_prob": float(s["english_prob"][0]),
             "is_bot": bool(s["is_bot"][0]),
-            "n_chunks": int(n_chunks),
+            "n_chunks": int(doc.n_chunks),
+            "n_tokens": int(doc.n_tokens),
+            "truncated": bool(doc.truncated),
         }
 
 

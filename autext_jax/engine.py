@@ -22,9 +22,11 @@ their token counts; the probability is the sigmoid of that mean (``scores.scores
 from __future__ import annotations
 
 import logging
+import queue
 import re
+import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,18 +96,28 @@ class EngineOptions:
 
 @dataclass
 class DocLogits:
-    """One input's logits: the token-weighted mean over its windows (one window unless chunked)."""
+    """One input's logits: the token-weighted mean over its windows (one window unless chunked).
+
+    ``n_tokens``: the tokens the scores rest on (special tokens included; summed over windows when
+    chunked). ``truncated``: the text had more tokens than ``max_length`` and only its start was scored.
+    """
 
     bot: float
     english: float
     n_chunks: int
     n_tokens: int
+    truncated: bool = False
+
+
+class StopRequested(Exception):  # noqa: N818 - a request, not a failure
+    """``run``'s ``stop`` callback said to stop: the block in progress is dropped, nothing half-written."""
 
 
 @dataclass
 class _Doc:
     tag: Any
     windows: list[np.ndarray]
+    truncated: bool = False
     bot: float = 0.0
     english: float = 0.0
     n_tokens: int = 0
@@ -119,7 +131,8 @@ class _Doc:
         if not self.windows:
             return None
         return DocLogits(
-            self.bot / self.n_tokens, self.english / self.n_tokens, len(self.windows), self.n_tokens
+            self.bot / self.n_tokens, self.english / self.n_tokens, len(self.windows), self.n_tokens,
+            self.truncated,
         )
 
 
@@ -225,15 +238,66 @@ class InferenceEngine:
             "n_chunks": np.array([d.n_chunks for d in docs], dtype=np.int32),
         }
 
-    def run(self, items: Iterable[tuple[Any, str | None]]) -> Iterator[tuple[Any, DocLogits | None]]:
+    def run(
+        self, items: Iterable[tuple[Any, str | None]], stop: Callable[[], bool] | None = None
+    ) -> Iterator[tuple[Any, DocLogits | None]]:
         """Stream ``(tag, text)`` pairs to ``(tag, DocLogits)`` pairs in input order.
 
         A ``None`` text passes through as ``(tag, None)`` (the CLI uses it for skipped bad lines).
         If reading ``items`` raises, every result before the failure is yielded first, then the
         exception propagates, so a caller writing records has written all of them.
+
+        Reading and tokenizing run in a background thread, one block ahead of the device, so the
+        accelerator is not kept waiting on the host (so up to two windows of inputs are in flight).
+        ``stop`` is asked between batches (and while
+        waiting for input); when it returns true, ``StopRequested`` is raised and the block in
+        progress is dropped.
         """
-        source = iter(items)
+        blocks: queue.Queue = queue.Queue(maxsize=1)
+        taken = threading.Semaphore(0)  # the reader starts a block only once the previous one is taken
+        done = threading.Event()
+        reader = threading.Thread(
+            target=self._read_blocks, args=(iter(items), blocks, taken, done), daemon=True
+        )
+        reader.start()
+        try:
+            while True:
+                block, error = self._next_block(blocks, stop)
+                taken.release()
+                if block:
+                    yield from self._score_block(block, stop)
+                if error is not None:
+                    raise error
+                if block is None:
+                    return
+        finally:
+            done.set()
+
+    def _next_block(self, blocks: queue.Queue, stop: Callable[[], bool] | None):
         while True:
+            if stop is not None and stop():
+                raise StopRequested
+            try:
+                return blocks.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+    def _read_blocks(
+        self, source: Iterator, blocks: queue.Queue, taken: threading.Semaphore, done: threading.Event
+    ) -> None:
+        """The reader thread: blocks of admitted (tokenized) docs; ``(None, None)`` at the end.
+
+        At most two blocks are in flight: the one being scored and the next one, read meanwhile.
+        """
+
+        def put(entry) -> bool:
+            blocks.put(entry)  # the queue is empty: the previous block was taken
+            while not done.is_set():
+                if taken.acquire(timeout=0.05):
+                    return True
+            return False
+
+        while not done.is_set():
             block: list[_Doc] = []
             chunk: list[tuple[Any, str | None]] = []
             try:
@@ -244,13 +308,19 @@ class InferenceEngine:
                         chunk = []
                     if len(block) + len(chunk) >= self.options.window:
                         break
-            except Exception:
-                yield from self._score_block(block + self._admit(chunk))
-                raise
-            block += self._admit(chunk)
-            if not block:
+                block += self._admit(chunk)
+            except BaseException as err:  # noqa: BLE001 - handed to the consumer, raised there
+                try:
+                    block += self._admit(chunk)
+                except Exception:  # noqa: BLE001 - the reading error is the one to report
+                    pass
+                put((block, err))
                 return
-            yield from self._score_block(block)
+            if not block:
+                put((None, None))
+                return
+            if not put((block, None)):
+                return
 
     # -- internals --------------------------------------------------------------------------
 
@@ -260,12 +330,23 @@ class InferenceEngine:
             if not isinstance(t, str):
                 raise TypeError(f"texts must be strings, got {type(t).__name__}")
         windows = iter(self._windows(texts))
-        return [_Doc(tag, [] if text is None else next(windows)) for tag, text in chunk]
+        docs = []
+        for tag, text in chunk:
+            if text is None:
+                docs.append(_Doc(tag, []))
+            else:
+                cut, truncated = next(windows)
+                docs.append(_Doc(tag, cut, truncated))
+        return docs
 
-    def _score_block(self, docs: list[_Doc]) -> Iterator[tuple[Any, DocLogits | None]]:
+    def _score_block(
+        self, docs: list[_Doc], stop: Callable[[], bool] | None = None
+    ) -> Iterator[tuple[Any, DocLogits | None]]:
         owners = [(doc, w) for doc in docs for w in doc.windows]
         self.stats.texts += sum(1 for doc in docs if doc.windows)
         for batch in self.policy.plan([len(w) for _, w in owners]):
+            if stop is not None and stop():
+                raise StopRequested
             self._run_batch(batch, owners)
         for doc in docs:
             yield doc.tag, doc.result()
@@ -303,30 +384,37 @@ class InferenceEngine:
                 stats.real_tokens += n
                 stats.attention_real += n * n
 
-    def _windows(self, texts: list[str]) -> list[list[np.ndarray]]:
-        """Per text, its token windows (special tokens included) as int32 arrays."""
+    def _windows(self, texts: list[str]) -> list[tuple[list[np.ndarray], bool]]:
+        """Per text, its token windows (special tokens included) as int32 arrays, and whether it was cut."""
         if not texts:
             return []
         if self.options.long == "truncate":
-            return [[np.asarray(ids, dtype=np.int32)] for ids in self._tokenize_truncated(texts)]
+            n = self.max_length
+            out = []
+            for ids in self._tokenize_truncated(texts, n + 1):  # one token more says whether it was cut
+                cut = len(ids) > n
+                if cut:
+                    ids = ids[: n - len(self._suffix)] + ids[len(ids) - len(self._suffix) :]
+                out.append(([np.asarray(ids, dtype=np.int32)], cut))
+            return out
         body = self.max_length - len(self._prefix) - len(self._suffix)
         step = body - self.options.stride
         prefix, suffix = np.int32(self._prefix), np.int32(self._suffix)
         out = []
         for ids in self._tokenize_plain(texts):
             starts = range(0, max(len(ids) - self.options.stride, 1), step)
-            out.append([np.concatenate([prefix, ids[s : s + body], suffix]) for s in starts])
+            out.append(([np.concatenate([prefix, ids[s : s + body], suffix]) for s in starts], False))
         return out
 
-    def _tokenize_truncated(self, texts: list[str]) -> list[list[int]]:
-        """``batching.tokenize`` truncated to ``max_length``, reading only as much of each text as needed.
+    def _tokenize_truncated(self, texts: list[str], n: int | None = None) -> list[list[int]]:
+        """``batching.tokenize`` truncated to ``n`` tokens, reading only as much of each text as needed.
 
         A text longer than the prefix budget is tokenized from a character prefix; the prefix is
-        accepted when it and one twice as long give the same ``max_length`` tokens (so a cut word at
-        its end changed nothing), else it doubles, up to the whole text.
+        accepted when it and one twice as long give the same ``n`` tokens (so a cut word at its end
+        changed nothing), else it doubles, up to the whole text. ``n`` defaults to ``max_length``.
         """
-        n = self.max_length
-        budget = n * _PREFIX_CHARS_PER_TOKEN
+        n = n or self.max_length
+        budget = self.max_length * _PREFIX_CHARS_PER_TOKEN
         out = batching.tokenize(self.tokenizer, [t if len(t) <= budget else "" for t in texts], n)
         for i, text in enumerate(texts):
             size = budget

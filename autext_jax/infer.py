@@ -1,125 +1,103 @@
-"""``python -m autext_jax.infer`` / ``autext-jax``: score texts, write one JSONL/CSV record per input.
+"""``python -m autext_jax.infer`` / ``autext-jax``: score texts, write one record per input.
 
-Inputs: positional texts, ``--input`` files (``.txt`` one text per line, ``.jsonl`` field ``text``,
-``.csv``/``.tsv`` column ``text``; ``id`` kept when present; any of them ``.gz``), ``-`` or nothing
-for stdin lines; all read by ``tables.py``. Records come out in input order, each written whole.
+Inputs: positional texts, ``--input`` files, globs or folders (``.txt`` one text per line, ``.jsonl``,
+``.csv``/``.tsv`` with a text column, any of them ``.gz``, and ``.parquet``), local or URLs
+(``gs://``, ``hf://datasets/...``; ``inputs.py``), ``-`` or nothing for stdin lines. Records come out
+in input order, each written whole, as JSONL, CSV, Parquet or RAID predictions (``writers.py``).
+An ``--output`` that is a folder (a trailing ``/`` or an existing folder) is corpus mode
+(``corpus.py``): one part per input shard, resumable, ``--shard I/N`` for many workers.
 
 Exit codes (``errors.py``): 0 done; 1 bad input or model (one line naming file and line), or a full
-disk; 2 usage, a missing path, or an output that is one of the inputs; 130 interrupted (every record
-written so far is complete).
+disk; 2 usage, a missing path, or an output that is one of the inputs; 130/143 stopped by SIGINT/
+SIGTERM (``signals.py``: every record written so far is complete; a corpus run resumes).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import csv
-import errno
-import io
-import json
-import logging
-import math
-import os
-import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any
+from autext_jax.signals import STOP
 
-from autext_jax import cli, paths
-from autext_jax.config import COMPUTE_DTYPES
-from autext_jax.data import tables
-from autext_jax.errors import InputDataError as InputError
-from autext_jax.errors import UsageError
+if __name__ == "__main__":  # ``python -m``: take the signals before anything slow is imported
+    STOP.install()
 
-FORMATS = tables.FORMATS
+import argparse  # noqa: E402 - after the signal handlers
+import io  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import IO, Any  # noqa: E402
 
+from autext_jax import cli, corpus, inputs, paths  # noqa: E402
+from autext_jax.config import COMPUTE_DTYPES  # noqa: E402
+from autext_jax.errors import InputDataError as InputError  # noqa: E402
+from autext_jax.errors import UsageError  # noqa: E402
+from autext_jax.inputs import Columns, Item  # noqa: E402
+from autext_jax.signals import StopFlag  # noqa: E402
+from autext_jax.writers import FORMATS as OUTPUT_FORMATS  # noqa: E402
+from autext_jax.writers import RecordWriter, open_writer  # noqa: E402
 
-@dataclass
-class Item:
-    """One input record: its id, its text (``None`` if unreadable) and, if so, why."""
-
-    id: Any
-    text: str | None
-    error: str | None = None
-
+FORMATS = inputs.FORMATS
+__all__ = ["Item", "RecordWriter", "build_parser", "main"]
 
 # ---- reading ----------------------------------------------------------------------------------
 
 
-def input_format(path: str, forced: str | None) -> str:
-    return forced or tables.format_of(path)
-
-
-def read_items(path: str, fmt: str, on_error: str, first_index: int) -> Iterator[Item]:
-    """Items of one input (read by ``tables``); ``first_index`` numbers records without an ``id``.
-
-    A bad record raises ``InputError`` or, with ``on_error="skip"``, becomes an item with ``error``
-    that keeps the record's own ``id`` when it has one.
-    """
-    for index, record in enumerate(tables.read(path, fmt, required=("text",)), first_index):
-        item = _item(record)
-        if item.error is not None and on_error != "skip":
-            raise InputError(item.error)
-        if item.id is None:
-            item.id = index
-        yield item
-
-
-def _item(record: tables.Record) -> Item:
-    if record.values is None:
-        return Item(id=None, text=None, error=record.problem)
-    text, item_id = record.values.get("text"), record.values.get("id")
-    if not isinstance(text, str):
-        kind = "null" if text is None else type(text).__name__
-        return Item(id=item_id, text=None, error=f"{record.where}: field 'text' must be a string, got {kind}")
-    return Item(id=item_id, text=text)
+def columns_of(args: argparse.Namespace) -> Columns:
+    return Columns(text=args.text_column, id=args.id_column or None)
 
 
 def all_items(args: argparse.Namespace) -> Iterator[Item]:
-    """Positional texts first, then each ``--input`` in order (stdin when there is nothing else)."""
+    """Positional texts first, then each input file in order (stdin when there is nothing else)."""
     index = 0
     for text in args.texts:
         yield Item(id=index, text=text)
         index += 1
-    for path in args.inputs:
-        for item in read_items(path, input_format(path, args.input_format), args.on_error, index):
+    for path in args.files:
+        fmt = inputs.format_of(path, args.input_format)
+        for item in inputs.read_items(path, fmt, args.on_error, index, columns_of(args)):
             index += 1
             yield item
 
 
 def count_records(args: argparse.Namespace) -> int | None:
     """Records in the inputs (for the progress bar's ETA); ``None`` if unknown (stdin) or unreadable."""
-    if "-" in args.inputs:
+    if "-" in args.files:
         return None
     try:
-        return len(args.texts) + sum(
-            sum(1 for _ in read_items(p, input_format(p, args.input_format), "skip", 0)) for p in args.inputs
-        )
+        counts = (inputs.count(p, inputs.format_of(p, args.input_format)) for p in args.files)
+        return len(args.texts) + sum(counts)
     except (InputError, OSError):
         return None
 
 
-def check_paths(inputs: list[str], output: str | None) -> None:
-    """Refuse what cannot work before anything is opened: missing inputs, an output that is an input."""
-    for path in inputs:
-        if path == "-":
+def expand_inputs(specs: list[str]) -> list[str]:
+    """Every input spec as the files it means (globs and folders expanded), refusing missing ones."""
+    files = []
+    for spec in specs:
+        if spec != "-" and not any(c in spec for c in "*?[") and not paths.exists(spec):
+            raise UsageError(f"input {spec}: no such file")
+        files += inputs.expand(spec)
+    return files
+
+
+def check_paths(files: list[str], output: str | None, corpus_mode: bool = False) -> None:
+    """Refuse what cannot work before anything is opened: unreadable inputs, an output that is an input."""
+    for path in files:
+        if path == "-" or paths.is_url(path):
             continue
-        if paths.is_url(path):  # gs://, memory://, ...: read through the path layer
-            if not paths.isfile(path):
-                raise UsageError(f"input {path}: no such file")
-            continue
-        if not os.path.exists(path):
-            raise UsageError(f"input {path}: no such file")
-        if os.path.isdir(path):
-            raise UsageError(f"input {path}: is a directory, expected a file")
         if not os.access(path, os.R_OK):
             raise UsageError(f"input {path}: not readable (permission denied)")
+        if corpus_mode and output and not paths.is_url(output):
+            folder = os.path.realpath(output)
+            if os.path.realpath(path).startswith(folder.rstrip(os.sep) + os.sep):
+                raise UsageError(f"input {path} is inside the output folder {output}; write elsewhere")
         # samefile follows links (symbolic and hard): writing there would empty the input.
-        if output and os.path.exists(output) and os.path.samefile(path, output):
+        elif output and os.path.exists(output) and os.path.samefile(path, output):
             raise UsageError(f"--output {output} is the input {path}; writing it would destroy the input")
-    if output:
+    if output and not corpus_mode and not paths.is_url(output):
         parent = Path(output).resolve().parent
         if os.path.isdir(output) or not parent.is_dir() or not os.access(parent, os.W_OK):
             raise UsageError(f"--output {output}: cannot write there (a directory, or no such folder)")
@@ -128,67 +106,10 @@ def check_paths(inputs: list[str], output: str | None) -> None:
 # ---- writing ----------------------------------------------------------------------------------
 
 
-class RecordWriter:
-    """JSONL or CSV records, each written whole and at once (no buffer holds half a record).
-
-    On a file or pipe every record goes out in unbuffered writes; if one fails (a full disk), a
-    regular file is cut back to the end of the last complete record before the error is raised.
-    JSON is strict: a non-finite number is refused rather than written as ``NaN``.
-    """
-
-    def __init__(self, stream: IO[str] | IO[bytes], fmt: str, columns: list[str], name: str = "<stdout>"):
-        self.stream = stream
-        self.fmt = fmt
-        self.columns = columns
-        self.name = name
-        self.count = 0
-        self._bytes = 0  # length of the complete records written
-
-    def begin(self) -> None:
-        """The CSV header (nothing for JSONL)."""
-        if self.fmt == "csv":
-            self._write(self._csv_line(self.columns))
-
-    @staticmethod
-    def _csv_line(values: list[Any]) -> str:
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow(values)
-        return buffer.getvalue()
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.fmt == "csv":
-            line = self._csv_line(["" if record.get(c) is None else record[c] for c in self.columns])
-        else:
-            fields = {c: record.get(c) for c in self.columns}
-            line = json.dumps(fields, ensure_ascii=False, allow_nan=False) + "\n"
-        self._write(line)
-        self.count += 1
-
-    def _write(self, line: str) -> None:
-        if isinstance(self.stream, io.TextIOBase):  # e.g. a captured sys.stdout
-            self.stream.write(line)
-            self.stream.flush()
-            return
-        data = memoryview(line.encode("utf-8"))
-        try:
-            while data:
-                data = data[self.stream.write(data) or 0 :]
-        except BrokenPipeError:  # the reader went away (e.g. `| head`): the CLI runner stops quietly
-            raise
-        except OSError as err:
-            if self.stream.seekable():
-                with contextlib.suppress(OSError):  # not a regular file (e.g. /dev/full)
-                    self.stream.truncate(self._bytes)
-            written = f"{self.count} complete records written before it" if self.count else "nothing written"
-            reason = err.strerror or os.strerror(err.errno or errno.EIO)
-            raise OSError(err.errno, f"{reason} ({written})", self.name) from None
-        self._bytes += len(line.encode("utf-8"))
-
-
 def _open_output(path: str | None) -> IO[str] | IO[bytes]:
     """The unbuffered binary stream records go to (``sys.stdout`` as is when it has no file)."""
     if path:
-        return open(path, "wb", buffering=0)
+        return open(path, "wb", buffering=0) if not paths.is_url(path) else paths.open_binary(path, "wb")
     buffer = getattr(sys.stdout, "buffer", None)  # already unbuffered under PYTHONUNBUFFERED
     raw = buffer if isinstance(buffer, io.RawIOBase) else getattr(buffer, "raw", None)
     if raw is None:
@@ -198,7 +119,7 @@ def _open_output(path: str | None) -> IO[str] | IO[bytes]:
 
 
 def output_columns(args: argparse.Namespace) -> list[str]:
-    columns = ["id", "bot_prob", "english_prob", "is_bot"]
+    columns = ["id", "bot_prob", "english_prob", "is_bot", "n_tokens", "truncated"]
     if args.long == "chunk":
         columns.append("n_chunks")
     if args.include_text:
@@ -206,6 +127,14 @@ def output_columns(args: argparse.Namespace) -> list[str]:
     if args.on_error == "skip":
         columns.append("error")
     return columns
+
+
+def output_format(args: argparse.Namespace) -> str:
+    """``--format``, else from the output's extension (``.csv``, ``.parquet``), else JSONL."""
+    if args.format:
+        return args.format
+    name = (args.output or "").lower()
+    return "csv" if name.endswith(".csv") else "parquet" if name.endswith(".parquet") else "jsonl"
 
 
 # ---- command line -----------------------------------------------------------------------------
@@ -218,10 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("texts", nargs="*", help="texts to score (none and no --input: read stdin lines)")
     p.add_argument("--input", "-i", dest="inputs", action="append", default=[], metavar="PATH",
-                   help=".txt/.jsonl/.csv/.tsv, optionally .gz; '-' for stdin; repeatable")
+                   help=".txt/.jsonl/.csv/.tsv (optionally .gz) or .parquet; a glob, a folder or a URL "
+                   "(gs://, hf://datasets/...); '-' for stdin; repeatable")
     p.add_argument("--input-format", choices=FORMATS, help="override the format guessed from the extension")
-    p.add_argument("--output", "-o", metavar="PATH", help="write records here instead of stdout")
-    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format")
+    p.add_argument("--text-column", default="text", help="column (or JSON field) holding the text")
+    p.add_argument("--id-column", default="id", help="column kept as the record's id ('' for row numbers)")
+    p.add_argument("--output", "-o", metavar="PATH",
+                   help="a file (or URL) for the records; a folder (trailing / or existing): corpus mode, "
+                   "one resumable part per input shard")
+    p.add_argument("--format", choices=OUTPUT_FORMATS, default=None,
+                   help="output format (default: from the output's extension, else jsonl); raid: a JSON "
+                   "array of {id, score} as the RAID benchmark reads")
+    p.add_argument("--shard", metavar="I/N",
+                   help="corpus mode: take parts I, I+N, ... (auto: from AUTEXT_JAX_SHARD, a Cloud TPU "
+                   "slice or SLURM)")
+    p.add_argument("--rows-per-part", type=int, default=100_000,
+                   help="corpus mode: a Parquet file is cut into parts of about this many rows")
     p.add_argument("--include-text", action="store_true", help="copy each text into its record")
     p.add_argument("--model", "-m", help="model directory or Hub id (default: the embedded model)")
     p.add_argument("--threshold", type=cli.threshold_arg, help="is_bot threshold (default: the model's)")
@@ -239,48 +180,110 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inputs in flight: records come out at most N inputs behind the reading "
                    "(default 2048; 1 when stdin is a terminal)")
     p.add_argument("--compile-cache", metavar="DIR",
-                   help="persistent XLA compilation cache, so later runs skip compiling (default: "
-                   "$AUTEXT_JAX_COMPILE_CACHE, else $XDG_CACHE_HOME/autext-jax/xla or "
+                   help="persistent XLA compilation cache (a folder or gs:// URL), so later runs skip "
+                   "compiling (default: $AUTEXT_JAX_COMPILE_CACHE, else $XDG_CACHE_HOME/autext-jax/xla or "
                    "~/.cache/autext-jax/xla)")
     p.add_argument("--no-compile-cache", action="store_true",
                    help="do not use the compilation cache (also AUTEXT_JAX_COMPILE_CACHE=off)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.add_argument("--verbose", "-v", action="store_true", help="say which model, shapes and compile count")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="say which model, shapes and compile count (corpus mode: what each part did)")
     cli.add_debug_flag(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    return cli.main("autext-jax", parser, _main, argv)
+    stop = STOP.install()  # before JAX is imported: no timing can lose a signal
+    try:
+        parser = build_parser()
+        return cli.main("autext-jax", parser, lambda args: _main(args, stop), argv)
+    finally:
+        stop.restore()
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace, stop: StopFlag) -> int:
     if not args.texts and not args.inputs:
         args.inputs = ["-"]
     cli.setup_logging("autext-jax", verbose=args.verbose)
-    return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
-    check_paths(args.inputs, args.output)
+    corpus_mode = bool(args.output) and (args.output.endswith("/") or paths.isdir(args.output))
+    args.files = expand_inputs(args.inputs)
+    check_paths(args.files, args.output, corpus_mode)
+    fmt = output_format(args)
+    if fmt == "parquet" and not args.output:
+        raise UsageError("--format parquet needs --output (a file or a folder)")
+    if corpus_mode:
+        if args.texts or "-" in args.files:
+            raise UsageError("corpus mode (an output folder) reads files only, not texts or stdin")
+        if fmt == "raid":
+            raise UsageError("--format raid writes one file: give --output a file name")
+        shard = corpus.parse_shard(args.shard) if args.shard else (0, 1)
+        if args.rows_per_part < 1:
+            raise UsageError(f"--rows-per-part must be at least 1, got {args.rows_per_part}")
+    elif args.shard:
+        raise UsageError("--shard needs corpus mode: an --output folder (ending in /)")
+    stop.check()
     detector, cache_dir = _load_detector(args)
+    stop.check()
     log = logging.getLogger("autext_jax.infer")
     which = "the embedded default model " if args.model is None else ""
     log.info(
         "model: %s%s (dtype %s, threshold %.4f)", which, detector.model_dir, args.dtype, detector.threshold
     )
-    total = None if args.quiet or not args.inputs or args.inputs == ["-"] else count_records(args)
+    stop.begin_work()
+    if corpus_mode:
+        return _run_corpus(args, detector, fmt, shard, stop, cache_dir)
+    return _run_stream(args, detector, fmt, stop, cache_dir)
+
+
+def _run_stream(args: argparse.Namespace, detector, fmt: str, stop: StopFlag, cache_dir) -> int:
+    log = logging.getLogger("autext_jax.infer")
+    total = None if args.quiet or not args.files or args.files == ["-"] else count_records(args)
     out = _open_output(args.output)
     start = time.perf_counter()
-    writer = RecordWriter(out, args.format, output_columns(args), args.output or "<stdout>")
+    int_ids = not args.id_column or all(inputs.format_of(f, args.input_format) == "txt" for f in args.files)
+    writer = open_writer(out, fmt, output_columns(args), args.output or "<stdout>", int_ids=int_ids)
     try:
         writer.begin()
-        _score(args, detector, writer, total)
+        _score(args, detector, writer, total, stop)
+        writer.close()
     finally:
+        if fmt == "parquet":
+            writer.close()  # a stopped run still leaves a readable file
         if args.output:
             out.close()
         _report(log, detector, writer.count, time.perf_counter() - start, cache_dir)
+    return 0
+
+
+def _run_corpus(args: argparse.Namespace, detector, fmt: str, shard, stop: StopFlag, cache_dir) -> int:
+    log = logging.getLogger("autext_jax.infer")
+    parts = corpus.plan(args.files, args.input_format, args.rows_per_part)
+    identity = {
+        "inputs": args.files, "format": fmt, "text_column": args.text_column, "id_column": args.id_column,
+        "model": str(detector.model_dir), "threshold": detector.threshold, "dtype": args.dtype,
+        "max_length": args.max_length, "long": args.long, "stride": args.stride,
+        "on_error": args.on_error, "include_text": args.include_text, "rows_per_part": args.rows_per_part,
+    }
+    run = corpus.CorpusRun(args.output, parts, fmt, identity, shard)
+    run.prepare()
+    columns = columns_of(args)
+
+    def score(part: corpus.Part, writer) -> corpus.Result:
+        result = corpus.Result()
+        items = corpus.part_items(part, args.on_error, columns)
+        for record in _records(args, detector, items, stop):
+            result.errors += "error" in record
+            writer.write(record)
+            result.records += 1
+        return result
+
+    start = time.perf_counter()
+    totals = run.run(score, corpus.writer_for(fmt, output_columns(args), args.id_column or None),
+                     stop.check, quiet=args.quiet)
+    log.info("corpus: %d of %d parts done%s", totals["parts_done"], totals["parts"],
+             f", {totals['records']} records, {totals['malformed']} malformed; _SUCCESS written"
+             if totals["parts_done"] == totals["parts"] else " (other shards pending)")
+    _report(log, detector, detector.stats.texts, time.perf_counter() - start, cache_dir)
     return 0
 
 
@@ -293,7 +296,8 @@ def _load_detector(args: argparse.Namespace):
 
     cache_dir = None
     if not args.no_compile_cache:
-        wanted = Path(args.compile_cache) if args.compile_cache else compile_cache.default_cache_dir()
+        # A URL stays a string (Path would turn gs://b into gs:/b); JAX reads and writes it itself.
+        wanted = args.compile_cache if args.compile_cache else compile_cache.default_cache_dir()
         cache_dir = compile_cache.enable_compile_cache(wanted) if wanted is not None else None
     options = engine.EngineOptions(
         max_length=args.max_length,
@@ -316,31 +320,42 @@ def _stream_options(args: argparse.Namespace) -> dict[str, int]:
         if args.window < 1:
             raise UsageError(f"--window must be at least 1, got {args.window}")
         return {"window": args.window}
-    if "-" in args.inputs and sys.stdin.isatty():
+    if "-" in args.files and sys.stdin.isatty():
         return {"window": 1}
     return {}
 
 
-def _score(args: argparse.Namespace, detector, writer: RecordWriter, total: int | None) -> None:
-    bar = None
-    if not args.quiet and args.inputs and args.inputs != ["-"]:
-        from tqdm import tqdm
+def _records(args: argparse.Namespace, detector, items: Iterator[Item], stop: StopFlag) -> Iterator[dict]:
+    """One output record per input item, in order (``Detector.record`` builds the scores)."""
+    from autext_jax.engine import StopRequested
 
-        bar = tqdm(total=total, unit="text", file=sys.stderr, dynamic_ncols=True)
     try:
-        items = ((item, item.text) for item in all_items(args))
-        for item, doc in detector.engine.run(items):
+        for item, doc in detector.run(((item, item.text) for item in items), stop):
             record: dict[str, Any] = {"id": item.id}
             if doc is not None:
                 if not math.isfinite(doc.bot) or not math.isfinite(doc.english):
                     raise InputError(
                         f"record {item.id!r}: the model gave a non-finite score (broken weights or dtype)"
                     )
-                record.update(detector.record(doc.bot, doc.english, doc.n_chunks))
+                record.update(detector.record(doc))
             else:
                 record["error"] = item.error
             if args.include_text:
                 record["text"] = item.text
+            yield record
+    except StopRequested:
+        stop.check()
+        raise
+
+
+def _score(args: argparse.Namespace, detector, writer, total: int | None, stop: StopFlag) -> None:
+    bar = None
+    if not args.quiet and args.files and args.files != ["-"]:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="text", file=sys.stderr, dynamic_ncols=True)
+    try:
+        for record in _records(args, detector, all_items(args), stop):
             writer.write(record)
             if bar is not None:
                 bar.update(1)
@@ -349,8 +364,8 @@ def _score(args: argparse.Namespace, detector, writer: RecordWriter, total: int 
             bar.close()
 
 
-def _report(log: logging.Logger, detector, count: int, seconds: float, cache_dir: Path | None) -> None:
-    stats = detector.engine.stats
+def _report(log: logging.Logger, detector, count: int, seconds: float, cache_dir) -> None:
+    stats = detector.stats
     log.info(
         "%d records in %.1f s (%.1f texts/s); %d windows in %d batches, %.0f%% padding",
         count, seconds, count / seconds if seconds else 0.0, stats.windows, stats.batches,
