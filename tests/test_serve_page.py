@@ -24,7 +24,7 @@ PARAGRAPH = (
 
 
 def browser_or_skip():
-    """A headless Chromium driven by chromedriver, or a skip (a failure under AUTEXT_JAX_REQUIRE_BROWSER=1)."""
+    """Headless Chromium via chromedriver, or a skip (a failure under AUTEXT_JAX_REQUIRE_BROWSER=1)."""
     required = os.environ.get("AUTEXT_JAX_REQUIRE_BROWSER") == "1"
     missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
     try:
@@ -33,7 +33,10 @@ def browser_or_skip():
     except ImportError:
         missing.append("selenium (pip)")
     if missing:
-        reason = f"no browser for the page test: {', '.join(missing)} missing (apt-get install chromium chromium-driver)"
+        reason = (
+            f"no browser for the page test: {', '.join(missing)} missing "
+            "(apt-get install chromium chromium-driver; pip install selenium)"
+        )
         if required:
             pytest.fail(reason + "; AUTEXT_JAX_REQUIRE_BROWSER=1 requires it")
         pytest.skip(reason)
@@ -60,7 +63,8 @@ def score_in_page(driver, base: str, text: str, timeout: float = 60.0) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(base + "/")
-    WebDriverWait(driver, timeout).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+    body = driver.find_element(By.TAG_NAME, "body")
+    WebDriverWait(driver, timeout).until(lambda d: body.get_attribute("data-ready"))
     box = driver.find_element(By.ID, "text")
     box.clear()
     driver.execute_script("arguments[0].value = arguments[1];", box, text)  # faster than send_keys
