@@ -172,17 +172,20 @@ def enormous_chunked(addr: tuple[str, int], megabytes: int = 200) -> int | str:
 
 
 def slow_clients(addr: tuple[str, int], n: int) -> list[int | str]:
-    """``n`` clients at once that send half a body and then stall (answered 408 after the body timeout)."""
+    """``n`` clients at once sending half their headers or body, then stalling (408 after the timeout)."""
     results: list[int | str] = []
     lock = threading.Lock()
 
-    def one() -> None:
-        head = b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
-        status = _exchange(addr, head + b'{"text": "a')
+    def one(k: int) -> None:
+        if k % 2:  # half a body
+            data = b'POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"text": "a'
+        else:  # half the headers
+            data = b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Le"
+        status = _exchange(addr, data)
         with lock:
             results.append(status)
 
-    threads = [threading.Thread(target=one) for _ in range(n)]
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(n)]
     for t in threads:
         t.start()
     for t in threads:

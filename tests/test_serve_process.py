@@ -73,6 +73,11 @@ def test_hostile_clients_get_4xx_and_the_process_lives(service):
         sock.settimeout(10)
         answer = sock.recv(65536)
     assert _status(answer) == 408
+    # A slower one: headers that never end.
+    with socket.create_connection(addr, timeout=10) as sock:
+        sock.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Le")
+        answer = sock.recv(65536)
+    assert _status(answer) == 408 and b"headers" in answer
     assert proc.poll() is None
     assert get_json(base + "/healthz")[0] == 200
     assert "Traceback" not in read_log(proc)

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-texts", type=int, default=limits.max_texts, help="texts per request")
     p.add_argument("--max-chars", type=int, default=limits.max_chars, help="characters per text")
     p.add_argument("--body-timeout", type=float, default=limits.body_timeout_s,
-                   help="seconds a client may take to send its body (slower: 408)")
+                   help="seconds a client may take to send its headers, and again its body (slower: 408)")
     p.add_argument("--batch-wait-ms", type=float, default=batching.max_wait_s * 1000,
                    help="how long a request waits for others to share its engine run")
     p.add_argument("--batch-texts", type=int, default=batching.max_texts, help="texts per engine run at most")
@@ -54,6 +54,7 @@ def serve(args: argparse.Namespace) -> int:
     import autext_jax
     from autext_jax.serve.app import ServeLimits, create_app
     from autext_jax.serve.batching import BatchingConfig
+    from autext_jax.serve.protocol import header_deadline_protocol
 
     for name in ("max_body_bytes", "max_texts", "max_chars", "batch_texts"):
         if getattr(args, name) < 1:
@@ -80,6 +81,7 @@ def serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         timeout_graceful_shutdown=args.shutdown_timeout,
         lifespan="on",
+        http=header_deadline_protocol(args.body_timeout),
     )
     server = uvicorn.Server(config)
     server.run()
