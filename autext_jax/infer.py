@@ -157,7 +157,7 @@ class RecordWriter:
 
     def write(self, record: dict[str, Any]) -> None:
         if self.fmt == "csv":
-            line = self._csv_line(["" if record.get(c) is None else record[c] for c in self.columns])
+            line = self._csv_line([_csv_value(record.get(c)) for c in self.columns])
         else:
             fields = {c: record.get(c) for c in self.columns}
             line = json.dumps(fields, ensure_ascii=False, allow_nan=False) + "\n"
@@ -185,6 +185,13 @@ class RecordWriter:
         self._bytes += len(line.encode("utf-8"))
 
 
+def _csv_value(value: Any) -> Any:
+    """A CSV cell: empty for a missing value, JSON for a list (segments), the value otherwise."""
+    if value is None:
+        return ""
+    return json.dumps(value, allow_nan=False) if isinstance(value, list | dict) else value
+
+
 def _open_output(path: str | None) -> IO[str] | IO[bytes]:
     """The unbuffered binary stream records go to (``sys.stdout`` as is when it has no file)."""
     if path:
@@ -201,6 +208,11 @@ def output_columns(args: argparse.Namespace) -> list[str]:
     columns = ["id", "bot_prob", "english_prob", "is_bot"]
     if args.long == "chunk":
         columns.append("n_chunks")
+    columns += ["n_tokens", "short"]
+    if args.operating_point:
+        columns.append("operating_point")
+    if args.segments:
+        columns.append("segments")
     if args.include_text:
         columns.append("text")
     if args.on_error == "skip":
@@ -233,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--long", choices=("truncate", "chunk"), default="truncate",
                    help="texts over max-length: keep the start (default) or score overlapping windows")
     p.add_argument("--stride", type=int, default=128, help="tokens shared by adjacent windows (chunk)")
+    p.add_argument("--operating-point", metavar="NAME",
+                   help="decide is_bot at a stored operating point, e.g. fpr=0.01 (see calibration.json)")
+    p.add_argument("--segments", choices=("sentence", "window"),
+                   help="also score segments: sentences merged to >= 30 tokens, or the --long chunk windows")
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                    help="bad input line: stop (default) or write a record with 'error' and go on")
     p.add_argument("--window", type=int, default=None, metavar="N",
@@ -329,14 +345,15 @@ def _score(args: argparse.Namespace, detector, writer: RecordWriter, total: int 
         bar = tqdm(total=total, unit="text", file=sys.stderr, dynamic_ncols=True)
     try:
         items = ((item, item.text) for item in all_items(args))
-        for item, doc in detector.engine.run(items):
+        records = detector.stream_records(items, segments=args.segments, operating_point=args.operating_point)
+        for item, scored in records:
             record: dict[str, Any] = {"id": item.id}
-            if doc is not None:
-                if not math.isfinite(doc.bot) or not math.isfinite(doc.english):
+            if scored is not None:
+                if not math.isfinite(scored["bot_prob"]) or not math.isfinite(scored["english_prob"]):
                     raise InputError(
                         f"record {item.id!r}: the model gave a non-finite score (broken weights or dtype)"
                     )
-                record.update(detector.record(doc.bot, doc.english, doc.n_chunks))
+                record.update(scored)
             else:
                 record["error"] = item.error
             if args.include_text:

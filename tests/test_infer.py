@@ -55,7 +55,7 @@ def test_every_input_kind_in_input_order(tmp_path, capsys, tiny_model_dir, detec
     scores = detector.score(texts)
     np.testing.assert_allclose([r["bot_prob"] for r in got], scores["bot_prob"], atol=1e-6)
     assert [r["is_bot"] for r in got] == scores["is_bot"].tolist()
-    assert set(got[0]) == {"id", "bot_prob", "english_prob", "is_bot", "text"}
+    assert set(got[0]) == {"id", "bot_prob", "english_prob", "is_bot", "n_tokens", "short", "text"}
 
 
 def test_stdin_to_csv_file_with_threshold(tmp_path, capsys, monkeypatch, tiny_model_dir):
