@@ -25,12 +25,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from autext_jax import segments as segments_module
 from autext_jax.errors import AutextError
 from autext_jax.serve.batching import BatchingConfig, BatchingQueue, QueueClosedError
 
 log = logging.getLogger(__name__)
 
-SEGMENT_MODES = ("sentence", "window")
+SEGMENT_MODES = segments_module.MODES
 HF_LABELS = ("generated", "human")  # label of bot_prob, label of 1 - bot_prob
 
 
