@@ -77,3 +77,23 @@ def running_service(model_dir: Path | str | None, *args: str, startup_s: float =
 def read_log(proc: subprocess.Popen) -> str:
     proc.log.seek(0)
     return proc.log.read()
+
+
+def calibrated_copy(model_dir: Path, out: Path) -> Path:
+    """A copy of ``model_dir`` with a ``calibration.json`` (operating points) fitted on made-up labels."""
+    import random
+    import shutil
+
+    import autext_jax
+    from autext_jax import calibration
+
+    shutil.copytree(model_dir, out)
+    rng = random.Random(0)
+    words = "the of and to in is that it for on with el la de que y en los".split()
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 40))) for _ in range(60)]
+    logits = autext_jax.load(model_dir).logits(texts)["bot"]
+    median = sorted(logits)[len(texts) // 2]
+    # Labels that follow the score, every seventh flipped: a head worth calibrating, not a perfect one.
+    labels = [int(z >= median) ^ (i % 7 == 0) for i, z in enumerate(logits)]
+    calibration.fit(logits, labels, n_tokens=[40] * len(texts)).save(out)
+    return out

@@ -16,6 +16,7 @@ from starlette.testclient import TestClient  # noqa: E402
 import autext_jax  # noqa: E402
 from autext_jax.serve.app import ServeLimits, create_app  # noqa: E402
 from autext_jax.serve.batching import BatchingConfig, BatchingQueue, QueueClosedError  # noqa: E402
+from tests.serve_helpers import calibrated_copy  # noqa: E402
 
 TEXTS = [
     "The committee will publish its annual report on the first of March.",
@@ -157,6 +158,20 @@ def test_health_info_and_page(client, detector):
     page = client.get("/")
     assert page.status_code == 200 and "v1/score" in page.text
     assert "http://" not in page.text and "https://" not in page.text  # self-contained: no CDN
+
+
+def test_operating_points_are_listed_and_applied(tiny_model_dir, tmp_path):
+    calibrated = autext_jax.load(calibrated_copy(tiny_model_dir, tmp_path / "calibrated"))
+    assert calibrated.operating_points
+    with TestClient(create_app(calibrated)) as c:
+        info = c.get("/v1/info").json()
+        assert info["operating_points"] == pytest.approx(calibrated.operating_points)
+        for name in calibrated.operating_points:
+            got = c.post("/v1/score", json={"texts": TEXTS, "operating_point": name}).json()["records"]
+            assert got == calibrated.score_records(TEXTS, operating_point=name)
+            assert all(r["operating_point"] == name for r in got)
+        refused = c.post("/v1/score", json={"text": "a", "operating_point": "fpr=0.5"})
+        assert refused.status_code == 422 and "fpr=0.01" in refused.json()["error"]
 
 
 @pytest.mark.parametrize(

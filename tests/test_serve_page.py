@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-from tests.serve_helpers import get_json, post_json, running_service  # noqa: E402
+from tests.serve_helpers import calibrated_copy, get_json, post_json, running_service  # noqa: E402
 
 PARAGRAPH = (
     "The committee met on Tuesday to review the annual budget. Several members asked for more time to read "
@@ -57,10 +57,12 @@ def browser():
         driver.quit()
 
 
-def score_in_page(driver, base: str, text: str, timeout: float = 60.0) -> None:
-    """Open the page, type ``text``, press Score, wait until the result is drawn."""
+def score_in_page(
+    driver, base: str, text: str, operating_point: str | None = None, timeout: float = 60.0
+) -> None:
+    """Open the page, type ``text``, pick the operating point, press Score, wait until the result is drawn."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     driver.get(base + "/")
     body = driver.find_element(By.TAG_NAME, "body")
@@ -68,6 +70,8 @@ def score_in_page(driver, base: str, text: str, timeout: float = 60.0) -> None:
     box = driver.find_element(By.ID, "text")
     box.clear()
     driver.execute_script("arguments[0].value = arguments[1];", box, text)  # faster than send_keys
+    if operating_point is not None:
+        Select(driver.find_element(By.ID, "op")).select_by_value(operating_point)
     driver.find_element(By.ID, "score").click()
     WebDriverWait(driver, timeout).until(
         lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("scored", "error")
@@ -78,14 +82,18 @@ def test_page_scores_a_text_and_shades_its_sentences(browser, tiny_model_dir, tm
     from selenium.webdriver.common.by import By
 
     text = PARAGRAPH * 3
-    with running_service(tiny_model_dir) as (base, _):
-        score_in_page(browser, base, text)
+    model = calibrated_copy(tiny_model_dir, tmp_path / "model")
+    with running_service(model) as (base, _):
+        info = get_json(base + "/v1/info")[1]
+        point = sorted(info["operating_points"])[0]
+        score_in_page(browser, base, text, operating_point=point)
         assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "scored", (
             browser.find_element(By.ID, "error").text
         )
         spans = browser.find_elements(By.CSS_SELECTOR, "#shaded .seg")
-        expected = post_json(base + "/v1/score", {"text": text, "segments": "sentence"})[1]["records"][0]
-        threshold = get_json(base + "/v1/info")[1]["threshold"]
+        request = {"text": text, "segments": "sentence", "operating_point": point}
+        expected = post_json(base + "/v1/score", request)[1]["records"][0]
+        threshold = info["operating_points"][point]
     assert len(spans) == len(expected["segments"]) >= 2
     for span, segment in zip(spans, expected["segments"], strict=True):
         assert float(span.get_attribute("data-bot-prob")) == pytest.approx(segment["bot_prob"], abs=1e-6)
@@ -97,4 +105,14 @@ def test_page_scores_a_text_and_shades_its_sentences(browser, tiny_model_dir, tm
     assert shown == f"{100 * expected['bot_prob']:.1f}%"
     verdict = browser.find_element(By.ID, "verdict").text
     assert verdict == ("generated" if expected["is_bot"] else "human")
-    assert f"{100 * threshold:.1f}%" in browser.find_element(By.ID, "decided-by").text
+    decided_by = browser.find_element(By.ID, "decided-by").text
+    assert f"operating point {point}" in decided_by and f"{100 * threshold:.1f}%" in decided_by
+
+
+@pytest.mark.parametrize("required", ["", "1"])
+def test_a_missing_browser_skips_or_fails_as_asked(monkeypatch, required):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("AUTEXT_JAX_REQUIRE_BROWSER", required)
+    outcome = pytest.fail.Exception if required else pytest.skip.Exception
+    with pytest.raises(outcome, match="chromium, chromedriver missing"):
+        browser_or_skip()
