@@ -210,9 +210,12 @@ def hostile_run(base: str, pid: int, rounds: int, slow: int) -> dict:
     addr = (host, int(port))
     per_case: dict[str, Counter] = {name: Counter() for name in HOSTILE}
     rss_before = rss_kib(pid)
-    for _ in range(rounds):
+    rss_every_10_rounds = []
+    for k in range(rounds):
         for name, data in HOSTILE.items():
             per_case[name][_exchange(addr, data)] += 1
+        if k % 10 == 9:
+            rss_every_10_rounds.append(rss_kib(pid))
     per_case["enormous chunked body (200 MB)"] = Counter([enormous_chunked(addr)])
     per_case[f"slow clients ({slow} at once)"] = Counter(slow_clients(addr, slow))
     rss_after = rss_kib(pid)
@@ -227,6 +230,7 @@ def hostile_run(base: str, pid: int, rounds: int, slow: int) -> dict:
         "healthz_after": get_json(base + "/healthz")[0],
         "rss_kib_before": rss_before,
         "rss_kib_after": rss_after,
+        "rss_kib_every_10_rounds": rss_every_10_rounds,
     }
 
 
