@@ -254,16 +254,19 @@ def fit(
     z, y = _labelled(bot_logits, bot_labels)
     bot = fit_head(z, y, method)
     english = None
+    info: dict[str, Any] = {}
     if english_logits is not None and english_labels is not None:
         ze, ye = _labelled(english_logits, english_labels)
-        if ze.size and ye.min() != ye.max():
+        try:  # the language head is a side task: an unusable one stays raw, and the file says why
             english = fit_head(ze, ye, method)
+        except CalibrationError as err:
+            info["english_not_calibrated"] = str(err)
     partial = Calibration(bot, english)
     points = {operating_point_name(f): operating_point(z, y, f, partial) for f in fprs}
     min_tokens = DEFAULT_MIN_TOKENS
     if n_tokens is not None and len(n_tokens):
         min_tokens = int(np.percentile(np.asarray(n_tokens), 5))
-    info = {"rows": int(z.size), "human": int((y == 0).sum()), "generated": int((y == 1).sum())}
+    info.update({"rows": int(z.size), "human": int((y == 0).sum()), "generated": int((y == 1).sum())})
     info.update(fitted_on or {})
     return Calibration(bot, english, points, min_tokens, info)
 

@@ -25,6 +25,7 @@ from autext_jax.convert import export_model
 from autext_jax.data.dataset import build_datasets
 from autext_jax.data.stream import BatchStream, eval_batches
 from autext_jax.model import compute_dtype
+from autext_jax.train import calibrate
 from autext_jax.train import sharding as shd
 from autext_jax.train.checkpointing import Checkpointer, CheckpointMismatchError
 from autext_jax.train.config import TrainConfig
@@ -214,6 +215,7 @@ def finish(run: Run, state: dict[str, Any], step: int) -> dict[str, Any]:
         log.warning("no threshold tuned (validation lacks one class): keeping %s", model_cfg.threshold)
         threshold = model_cfg.threshold
     values = host_params(state["params"])  # a collective: every process takes part
+    calibration = calibrate.fit_on_validation(run, state)  # a collective too
     if run.lead:
         model = merge_model(run.steps.layout, values, train=False)
         export_model(
@@ -222,6 +224,7 @@ def finish(run: Run, state: dict[str, Any], step: int) -> dict[str, Any]:
             run.export_dir,
             tokenizer_dir=run.prepared.tokenizer_dir,
         )
+        calibrate.save(calibration, run.export_dir)
         log.info("exported to %s (threshold %.4f)", run.export_dir, threshold)
     return {"step": step, "export": run.export_dir, "validation": final, "complete": True}
 
