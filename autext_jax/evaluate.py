@@ -3,14 +3,19 @@
     python -m autext_jax.evaluate --model DIR --data PATH [--threshold T | --target-fpr F] [--output-dir DIR]
 
 writes ``report.json`` (macro-F1 with bootstrap CIs, confusion matrix, ROC AUC and FPR, overall and
-per language; language-head accuracy) and ``roc.png``, ``score_histograms.png``,
-``macro_f1_vs_threshold.png``. The metrics themselves live in ``metrics.py``.
+per language; language-head accuracy; expected calibration error) and ``roc.png``,
+``score_histograms.png``, ``macro_f1_vs_threshold.png``, ``reliability.png``. The metrics themselves
+live in ``metrics.py``. The detection metrics are on the model's raw probabilities (the decisions a
+calibrated copy makes are the same); the ``calibration`` section measures what a ``calibration.json``
+does. ``--calibrate OUT_DIR`` fits one on these rows (use ``--split validation``) and writes a copy of
+the model directory with it (``calibration.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from autext_jax import calibration as calib
 from autext_jax import cli
 from autext_jax.errors import AutextError, UsageError
 from autext_jax.metrics import (
@@ -118,6 +124,52 @@ def evaluate_predictions(
 
 
 
+# ---- calibration ----------------------------------------------------------------------------
+
+
+def calibration_report(
+    bot_logits, labels, *, current: calib.Calibration | None, fitted: calib.Calibration | None
+) -> dict[str, Any]:
+    """ECE of the raw probabilities, of the model's own calibration (if any) and of a fresh fit (if any).
+
+    A fit is measured on the rows it was fitted on and, more honestly, cross-fitted (fit on one half,
+    measured on the other, both ways), so a flexible map cannot look better than it is.
+    """
+    from autext_jax.scores import sigmoid
+
+    z, y = np.asarray(bot_logits, np.float32), np.asarray(labels).astype(np.int64)
+    out: dict[str, Any] = {"bins": calib.ECE_BINS, "ece_raw": calib.expected_calibration_error(sigmoid(z), y)}
+    if current is not None and current.bot is not None:
+        out["ece_model_calibration"] = calib.expected_calibration_error(current.bot_prob(z), y)
+    if fitted is not None:
+        out["ece_fitted_in_sample"] = calib.expected_calibration_error(fitted.bot_prob(z), y)
+        out["ece_fitted_cross_fitted"] = _cross_fitted_ece(z, y, fitted.bot.method)
+        out["fitted"] = fitted.to_json()
+    return out
+
+
+def _cross_fitted_ece(z: np.ndarray, y: np.ndarray, method: str) -> float | None:
+    halves = np.arange(z.size) % 2 == 0
+    probs = np.empty(z.size, np.float32)
+    for fit_rows in (halves, ~halves):
+        try:
+            head = calib.fit_head(z[fit_rows], y[fit_rows], method)
+        except calib.CalibrationError:
+            return None
+        probs[~fit_rows] = calib.Calibration(head).bot_prob(z[~fit_rows])
+    return calib.expected_calibration_error(probs, y)
+
+
+def write_calibrated_copy(model_dir: Path, out_dir: Path, fitted: calib.Calibration) -> Path:
+    """``out_dir``: a copy of the model directory with ``calibration.json`` (a new or empty folder only)."""
+    if out_dir.resolve() == Path(model_dir).resolve():
+        raise UsageError(f"--calibrate {out_dir} is the model directory; give a new folder for the copy")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UsageError(f"--calibrate {out_dir} exists and is not an empty folder; give a new folder")
+    shutil.copytree(model_dir, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(calib.FILE_NAME))
+    return fitted.save(out_dir)
+
+
 # ---- plots -----------------------------------------------------------------------------------
 
 
@@ -213,6 +265,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--save-predictions", action="store_true", help="also write predictions.jsonl")
+    parser.add_argument(
+        "--calibrate",
+        metavar="OUT_DIR",
+        help="fit calibration and operating points on these rows (use --split validation) and write a "
+        "copy of the model directory with calibration.json to OUT_DIR",
+    )
+    parser.add_argument("--calibration-method", choices=calib.METHODS, default="platt")
     cli.add_debug_flag(parser)
     return parser
 
@@ -229,11 +288,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.split != "all":
         train, val = split_by_id(ds, args.val_fraction, args.split_salt)
         ds = val if args.split == "validation" else train
-    detector = autext_jax.load(args.model, max_length=args.max_length, batch_size=args.batch_size)
+    if args.calibrate and Path(args.calibrate).exists() and any(Path(args.calibrate).iterdir()):
+        raise UsageError(f"--calibrate {args.calibrate} exists and is not an empty folder; give a new folder")
+    detector = autext_jax.load(
+        args.model, max_length=args.max_length, batch_size=args.batch_size, calibrated=False
+    )
     logits = detector.logits(column_values(ds, "text"))
     probs = scores_from_logits(logits["bot"], logits["english"], 0.5)
     use_model_threshold = args.threshold is None and args.target_fpr is None
-    threshold = float(detector.threshold) if use_model_threshold else args.threshold
+    threshold = float(detector.raw_threshold) if use_model_threshold else args.threshold
     languages = column_values(ds, "language")
     bot_labels = np.asarray(column_values(ds, "bot"))
     report = evaluate_predictions(
@@ -254,6 +317,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.split != "all":
         report["split"] = {"side": args.split, "val_fraction": args.val_fraction, "salt": args.split_salt}
 
+    labelled = bot_labels >= 0
+    fitted = None
+    if args.calibrate:
+        fitted = calib.fit(
+            logits["bot"],
+            bot_labels,
+            english_logits=logits["english"],
+            english_labels=np.asarray(column_values(ds, "english")),
+            n_tokens=_token_counts(detector, column_values(ds, "text")),
+            method=args.calibration_method,
+            fitted_on={
+                "data": [str(p) for p in args.data],
+                "split": args.split,
+                "model": detector.model_dir.name,
+            },
+        )
+        written = write_calibrated_copy(detector.model_dir, Path(args.calibrate), fitted)
+        report["calibrated_copy"] = str(written.parent)
+    report["calibration"] = calibration_report(
+        logits["bot"][labelled],
+        bot_labels[labelled],
+        current=calib.load(detector.model_dir),
+        fitted=fitted,
+    )
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
@@ -271,7 +358,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 }
                 f.write(json.dumps(record, allow_nan=False) + "\n")
     if not args.no_plots:
-        labelled = bot_labels >= 0
+        _reliability_plot(out_dir, logits["bot"][labelled], bot_labels[labelled], detector.model_dir, fitted)
         write_plots(
             out_dir,
             bot_labels[labelled],
@@ -282,12 +369,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _token_counts(detector, texts: list[str]) -> list[int]:
+    """Tokens each text is scored with (special tokens included, truncated as the engine does)."""
+    ids = detector.tokenizer(texts, truncation=True, max_length=detector.engine.max_length)["input_ids"]
+    return [len(x) for x in ids]
+
+
+def _reliability_plot(out_dir: Path, z, y, model_dir, fitted: calib.Calibration | None) -> Path:
+    from autext_jax.scores import sigmoid
+
+    curves = {"raw": (sigmoid(z), y)}
+    current = calib.load(model_dir)
+    if current is not None and current.bot is not None:
+        curves["model's calibration.json"] = (current.bot_prob(z), y)
+    if fitted is not None:
+        curves["fitted here (in sample)"] = (fitted.bot_prob(z), y)
+    return calib.reliability_diagram(out_dir / "reliability.png", curves, "reliability of bot_prob")
+
+
 def _summary(report: dict[str, Any]) -> str:
     lines = [f"threshold {report['threshold']:.6g} ({report['threshold_source']})"]
     for name, group in [("all", report["overall"]), *report["per_language"].items()]:
         ci = group["macro_f1_ci95"]
         ci_text = f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
         lines.append(f"{name:>8}: macro-F1 {group['macro_f1']:.4f}{ci_text}  n={group['n']}")
+    cal = report.get("calibration", {})
+    eces = {k[4:]: v for k, v in cal.items() if k.startswith("ece_") and v is not None}
+    lines.append("ECE: " + ", ".join(f"{k} {v:.4f}" for k, v in eces.items()))
+    if "calibrated_copy" in report:
+        points = cal["fitted"]["operating_points"]
+        shown = ", ".join(f"{k}: {v['threshold']:.4g} (recall {v['recall']:.3f})" for k, v in points.items())
+        lines.append(f"wrote {report['calibrated_copy']} (operating points {shown})")
     return "\n".join(lines)
 
 

@@ -119,9 +119,14 @@ def _open_output(path: str | None) -> IO[str] | IO[bytes]:
 
 
 def output_columns(args: argparse.Namespace) -> list[str]:
-    columns = ["id", "bot_prob", "english_prob", "is_bot", "n_tokens", "truncated"]
+    columns = ["id", "bot_prob", "english_prob", "is_bot"]
     if args.long == "chunk":
         columns.append("n_chunks")
+    columns += ["n_tokens", "truncated", "short"]
+    if args.operating_point:
+        columns.append("operating_point")
+    if args.segments:
+        columns.append("segments")
     if args.include_text:
         columns.append("text")
     if args.on_error == "skip":
@@ -174,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--long", choices=("truncate", "chunk"), default="truncate",
                    help="texts over max-length: keep the start (default) or score overlapping windows")
     p.add_argument("--stride", type=int, default=128, help="tokens shared by adjacent windows (chunk)")
+    p.add_argument("--operating-point", metavar="NAME",
+                   help="decide is_bot at a stored operating point, e.g. fpr=0.01 (see calibration.json)")
+    p.add_argument("--segments", choices=("sentence", "window"),
+                   help="also score segments: sentences merged to >= 30 tokens, or the --long chunk windows")
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                    help="bad input line: stop (default) or write a record with 'error' and go on")
     p.add_argument("--window", type=int, default=None, metavar="N",
@@ -330,14 +339,18 @@ def _records(args: argparse.Namespace, detector, items: Iterator[Item], stop: St
     from autext_jax.engine import StopRequested
 
     try:
-        for item, doc in detector.run(((item, item.text) for item in items), stop):
+        scored_items = ((item, item.text) for item in items)
+        records = detector.stream_records(
+            scored_items, segments=args.segments, operating_point=args.operating_point, stop=stop
+        )
+        for item, scored in records:
             record: dict[str, Any] = {"id": item.id}
-            if doc is not None:
-                if not math.isfinite(doc.bot) or not math.isfinite(doc.english):
+            if scored is not None:
+                if not math.isfinite(scored["bot_prob"]) or not math.isfinite(scored["english_prob"]):
                     raise InputError(
                         f"record {item.id!r}: the model gave a non-finite score (broken weights or dtype)"
                     )
-                record.update(detector.record(doc))
+                record.update(scored)
             else:
                 record["error"] = item.error
             if args.include_text:

@@ -60,7 +60,7 @@ class RecordWriter:
 
     def write(self, record: dict[str, Any]) -> None:
         if self.fmt == "csv":
-            line = self._csv_line(["" if record.get(c) is None else record[c] for c in self.columns])
+            line = self._csv_line([_csv_value(record.get(c)) for c in self.columns])
         elif self.fmt == "raid":
             fields = {"id": record.get("id"), "score": record.get("bot_prob")}
             text = json.dumps(fields, ensure_ascii=False, allow_nan=False)
@@ -92,6 +92,13 @@ class RecordWriter:
         self._bytes += len(line.encode("utf-8"))
 
 
+def _csv_value(value: Any) -> Any:
+    """A CSV cell: empty for a missing value, JSON for a list (segments), the value otherwise."""
+    if value is None:
+        return ""
+    return json.dumps(value, allow_nan=False) if isinstance(value, list | dict) else value
+
+
 class ParquetWriter:
     """Records as Parquet row groups of ``_PARQUET_ROWS``; ``id`` is int64 when every id is a row
     index (``int_ids``), else a string. Probabilities are float64 (the same values as JSONL)."""
@@ -101,7 +108,10 @@ class ParquetWriter:
 
         types = {"id": pa.int64() if int_ids else pa.string(), "bot_prob": pa.float64(),
                  "english_prob": pa.float64(), "is_bot": pa.bool_(), "n_tokens": pa.int64(),
-                 "truncated": pa.bool_(), "n_chunks": pa.int64(), "text": pa.string(), "error": pa.string()}
+                 "truncated": pa.bool_(), "short": pa.bool_(), "n_chunks": pa.int64(), "text": pa.string(),
+                 "error": pa.string(), "operating_point": pa.string(),
+                 "segments": pa.list_(pa.struct([("start", pa.int64()), ("end", pa.int64()),
+                                                 ("bot_prob", pa.float64())]))}
         self.schema = pa.schema([(c, types.get(c, pa.string())) for c in columns])
         self.stream = stream
         self.columns = columns

@@ -26,6 +26,7 @@ from autext_jax.convert import export_model
 from autext_jax.data.dataset import build_datasets
 from autext_jax.data.stream import BatchStream, eval_batches
 from autext_jax.model import compute_dtype
+from autext_jax.train import calibrate
 from autext_jax.train import sharding as shd
 from autext_jax.train.checkpointing import Checkpointer, CheckpointMismatchError
 from autext_jax.train.config import TrainConfig
@@ -224,6 +225,7 @@ def finish(job: Job, state: dict[str, Any], step: int) -> dict[str, Any]:
         log.warning("no threshold tuned (validation lacks one class): keeping %s", model_cfg.threshold)
         threshold = model_cfg.threshold
     values = host_params(state["params"])  # a collective: every process takes part
+    calibration = calibrate.fit_on_validation(job, state)  # a collective too
     if job.lead:
         model = merge_model(job.steps.layout, values, train=False)
         export_model(
@@ -232,6 +234,7 @@ def finish(job: Job, state: dict[str, Any], step: int) -> dict[str, Any]:
             job.export_dir,
             tokenizer_dir=job.prepared.tokenizer_dir,
         )
+        calibrate.save(calibration, job.export_dir)
         log.info("exported to %s (threshold %.4f)", job.export_dir, threshold)
     return {"step": step, "export": job.export_dir, "validation": final, "complete": True}
 

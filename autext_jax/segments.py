@@ -1,0 +1,120 @@
+"""Cutting a document into segments scored on their own: sentences (merged to a judgeable length) or windows.
+
+Sentences come from ``sentencex`` (Wikimedia's rule-based splitter, ~300 languages, maintained;
+an optional dependency: ``pip install -e ".[segments]"``), with the language the model's English
+head gave the document (``en`` or ``es``). A lone sentence is often too short for the model to
+judge (the AuTexTification training texts are rarely under ~30 tokens, and scores of 10-token
+snippets are close to noise), so neighbouring sentences are merged, in order, until a segment has
+at least ``MIN_SEGMENT_TOKENS`` tokens (a short tail joins the segment before it).
+
+Segments tile the text: the first starts at 0, each ends where the next starts, the last ends at
+``len(text)`` (whitespace between sentences belongs to the segment before it), so offsets always
+cover the whole document and each segment is a run of whole sentences.
+
+``windows`` gives the character spans of the token windows ``--long chunk`` scores (from the
+tokenizer's offsets), so a long document's windows can be reported the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from autext_jax.errors import UsageError
+
+MODES = ("sentence", "window")
+MIN_SEGMENT_TOKENS = 30
+
+
+def check_mode(mode: str | None) -> str | None:
+    if mode is not None and mode not in MODES:
+        raise UsageError(f"segments must be one of {MODES} (or none), got {mode!r}")
+    return mode
+
+
+def _splitter():
+    try:
+        import sentencex
+    except ImportError:
+        raise UsageError(
+            'sentence segments need the sentence splitter: pip install -e ".[segments]" (sentencex)'
+        ) from None
+    return sentencex
+
+
+def sentence_spans(text: str, language: str = "en") -> list[tuple[int, int]]:
+    """Character spans of the sentences of ``text`` (whitespace-only pieces dropped), in order."""
+    if not text.strip():
+        return []
+    spans = []
+    cursor = 0
+    for piece in _splitter().get_sentence_boundaries(language, text):
+        start, end = int(piece["start_index"]), int(piece["end_index"])
+        if text[start:end] != piece["text"]:  # offsets not in characters: locate the piece instead
+            found = text.find(piece["text"], cursor)
+            if found < 0:
+                continue
+            start, end = found, found + len(piece["text"])
+        cursor = max(cursor, end)
+        if text[start:end].strip():
+            spans.append((start, end))
+    return spans or [(0, len(text))]
+
+
+def merge_spans(
+    spans: Sequence[tuple[int, int]],
+    n_tokens: Sequence[int],
+    text_length: int,
+    min_tokens: int = MIN_SEGMENT_TOKENS,
+) -> list[tuple[int, int]]:
+    """Neighbouring spans merged until each has ``>= min_tokens`` tokens, then stretched to tile the text."""
+    groups: list[list[int]] = []  # [first span, last span, tokens]
+    for i, n in enumerate(n_tokens):
+        if groups and groups[-1][2] < min_tokens:
+            groups[-1][1], groups[-1][2] = i, groups[-1][2] + n
+        else:
+            groups.append([i, i, n])
+    if len(groups) > 1 and groups[-1][2] < min_tokens:
+        tail = groups.pop()
+        groups[-1][1], groups[-1][2] = tail[1], groups[-1][2] + tail[2]
+    starts = [0] + [spans[g[0]][0] for g in groups[1:]]
+    ends = starts[1:] + [text_length]
+    return list(zip(starts, ends, strict=True))
+
+
+def sentence_segments(
+    text: str, tokenizer, language: str = "en", min_tokens: int = MIN_SEGMENT_TOKENS
+) -> list[tuple[int, int]]:
+    """Segments of whole sentences, each ``>= min_tokens`` tokens where the text allows, tiling ``text``."""
+    spans = sentence_spans(text, language)
+    if not spans:
+        return []
+    counts = token_counts(tokenizer, [text[a:b] for a, b in spans])
+    return merge_spans(spans, counts, len(text), min_tokens)
+
+
+def token_counts(tokenizer, texts: list[str]) -> list[int]:
+    """Tokens of each text without special tokens (the measure segment lengths are judged by)."""
+    if not texts:
+        return []
+    ids = tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
+    return [len(x) for x in ids]
+
+
+def window_segments(
+    text: str, tokenizer, max_length: int, stride: int, n_special: int = 2
+) -> list[tuple[int, int]]:
+    """Character spans of the windows ``long="chunk"`` cuts ``text`` into (as the engine: ``max_length``
+    tokens with special tokens, consecutive windows sharing ``stride``), tiling the text."""
+    if not text.strip():
+        return []
+    encoded = tokenizer(text, add_special_tokens=False, truncation=False, return_offsets_mapping=True)
+    offsets = encoded["offset_mapping"]
+    body = max_length - n_special
+    step = body - stride
+    if not offsets:
+        return [(0, len(text))]
+    starts = list(range(0, max(len(offsets) - stride, 1), step))
+    # Each window is reported from where the previous one's new tokens end (no overlap in the report).
+    cuts = [0] + [offsets[s + stride][0] if s + stride < len(offsets) else offsets[s][0] for s in starts[1:]]
+    ends = cuts[1:] + [len(text)]
+    return [(a, b) for a, b in zip(cuts, ends, strict=True) if b > a]

@@ -1,0 +1,118 @@
+"""The page at ``/`` in a real headless Chromium: paste a text, score it, read the shaded segments back.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (and selenium, in the test extra). Without them the
+test is skipped, saying why, unless ``AUTEXT_JAX_REQUIRE_BROWSER=1`` makes a missing browser a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+from tests.serve_helpers import calibrated_copy, get_json, post_json, running_service  # noqa: E402
+
+PARAGRAPH = (
+    "The committee met on Tuesday to review the annual budget. Several members asked for more time to read "
+    "the report before the vote. The chair agreed to postpone the decision until the next meeting. "
+    "Meanwhile, the staff will prepare a summary of the main points and circulate it to everyone. "
+)
+
+
+def browser_or_skip():
+    """Headless Chromium via chromedriver, or a skip (a failure under AUTEXT_JAX_REQUIRE_BROWSER=1)."""
+    required = os.environ.get("AUTEXT_JAX_REQUIRE_BROWSER") == "1"
+    missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        missing.append("selenium (pip)")
+    if missing:
+        reason = (
+            f"no browser for the page test: {', '.join(missing)} missing "
+            "(apt-get install chromium chromium-driver; pip install selenium)"
+        )
+        if required:
+            pytest.fail(reason + "; AUTEXT_JAX_REQUIRE_BROWSER=1 requires it")
+        pytest.skip(reason)
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1100,900", "--force-device-scale-factor=1"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = browser_or_skip()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def score_in_page(
+    driver, base: str, text: str, operating_point: str | None = None, timeout: float = 60.0
+) -> None:
+    """Open the page, type ``text``, pick the operating point, press Score, wait until the result is drawn."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    driver.get(base + "/")
+    body = driver.find_element(By.TAG_NAME, "body")
+    WebDriverWait(driver, timeout).until(lambda d: body.get_attribute("data-ready"))
+    box = driver.find_element(By.ID, "text")
+    box.clear()
+    driver.execute_script("arguments[0].value = arguments[1];", box, text)  # faster than send_keys
+    if operating_point is not None:
+        Select(driver.find_element(By.ID, "op")).select_by_value(operating_point)
+    driver.find_element(By.ID, "score").click()
+    WebDriverWait(driver, timeout).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("scored", "error")
+    )
+
+
+def test_page_scores_a_text_and_shades_its_sentences(browser, tiny_model_dir, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    text = PARAGRAPH * 3
+    model = calibrated_copy(tiny_model_dir, tmp_path / "model")
+    with running_service(model) as (base, _):
+        info = get_json(base + "/v1/info")[1]
+        point = sorted(info["operating_points"])[0]
+        score_in_page(browser, base, text, operating_point=point)
+        assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "scored", (
+            browser.find_element(By.ID, "error").text
+        )
+        spans = browser.find_elements(By.CSS_SELECTOR, "#shaded .seg")
+        request = {"text": text, "segments": "sentence", "operating_point": point}
+        expected = post_json(base + "/v1/score", request)[1]["records"][0]
+        threshold = info["operating_points"][point]
+    assert len(spans) == len(expected["segments"]) >= 2
+    for span, segment in zip(spans, expected["segments"], strict=True):
+        assert float(span.get_attribute("data-bot-prob")) == pytest.approx(segment["bot_prob"], abs=1e-6)
+        assert span.text.strip() == text[segment["start"] : segment["end"]].strip()
+        assert span.value_of_css_property("background-color") not in ("", "rgba(0, 0, 0, 0)")
+    # The spans and the text between them give back the whole text.
+    assert browser.find_element(By.ID, "shaded").get_attribute("textContent") == text
+    shown = browser.find_element(By.ID, "bot-prob").text
+    assert shown == f"{100 * expected['bot_prob']:.1f}%"
+    verdict = browser.find_element(By.ID, "verdict").text
+    assert verdict == ("generated" if expected["is_bot"] else "human")
+    decided_by = browser.find_element(By.ID, "decided-by").text
+    assert f"operating point {point}" in decided_by and f"{100 * threshold:.1f}%" in decided_by
+
+
+@pytest.mark.parametrize("required", ["", "1"])
+def test_a_missing_browser_skips_or_fails_as_asked(monkeypatch, required):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("AUTEXT_JAX_REQUIRE_BROWSER", required)
+    outcome = pytest.fail.Exception if required else pytest.skip.Exception
+    with pytest.raises(outcome, match="chromium, chromedriver missing"):
+        browser_or_skip()
