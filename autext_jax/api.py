@@ -163,7 +163,7 @@ class Detector:
     def run(
         self, items: Iterable[tuple[Any, str | None]], stop: Callable[[], bool] | None = None
     ) -> Iterator[tuple[Any, DocLogits | None]]:
-        """``(tag, text)`` pairs to ``(tag, DocLogits)`` (raw logits) in input order (see ``InferenceEngine.run``)."""
+        """``(tag, text)`` pairs to ``(tag, DocLogits)``, raw logits, in input order (see the engine)."""
         return self.engine.run(items, stop)
 
     @property
