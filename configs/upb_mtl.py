@@ -19,11 +19,11 @@ i.e. about 1.1 GB in fp32 plus 2.2 GB of Adam moments.
   clipping at 1.0, layer-wise LR decay 0.95: the usual stable settings for fine-tuning an
   XLM-R base encoder; 3 epochs (≈5,000 steps on the ~53k training rows).
 - Mesh: all devices on ``data``; ``--set mesh.fsdp=N`` shards parameters and Adam moments over N
-  devices (the logical-axis rules live in ``autext_jax/sharding.py``).
+  devices (the logical-axis rules live in ``autext_jax/train/sharding.py``).
 - Pod slices: unchanged from v4-8 to v5e-32 (the batch of 32 splits over up to 32 chips); on v5e-64
   add ``--batch-per-device 1`` (or ``--set batch_size=64``). Check a slice without one:
   ``--compile-only --topology v5e-16``. Cloud TPU: ``--distributed auto`` on every worker, or
-  ``tools/cloud_tpu.py`` (README, "Training on Cloud TPU"); elsewhere one process per host with
+  ``python -m tools.cloud_tpu`` (README, "Training on Cloud TPU"); elsewhere one process per host with
   ``--coordinator HOST:PORT --num-processes N --process-id I``.
 """
 
