@@ -49,12 +49,13 @@ def test_watch_survives_a_preemption_and_exports_the_uninterrupted_bytes(gcs, ti
             [sys.executable, "-m", "autext_jax.train", "--config", config, "--workdir", "gs://bkt/reference",
              *train_args, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
              "--process-id", str(i)],
-            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env=env, cwd=tmp_path, stdout=(tmp_path / f"reference-{i}.log").open("w"),
+            stderr=subprocess.STDOUT,
         )
         for i in range(2)
     ]  # fmt: skip
-    for p in ref:
-        assert p.wait(timeout=600) == 0, p.stderr.read()[-3000:]
+    for i, p in enumerate(ref):  # logs go to files: an undrained pipe would block a chatty run
+        assert p.wait(timeout=600) == 0, (tmp_path / f"reference-{i}.log").read_text()[-3000:]
 
     os.environ["STORAGE_EMULATOR_HOST"] = gcs["STORAGE_EMULATOR_HOST"]
     bucket = _Bucket()

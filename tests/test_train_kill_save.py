@@ -13,15 +13,13 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from test_train_cli import _cmd, _free_port, _run, setup  # noqa: F401 - setup is a fixture
-from test_train_storage import BUCKET, _gcs_env
+from test_train_storage import BUCKET, _gcs_env, start_emulator
 
 pytest.importorskip("gcsfs")
 pytest.importorskip("gcp_storage_emulator")
@@ -44,23 +42,9 @@ MOMENTS = {  # when to kill: the first journal line (an object of the step's sav
 def journal_gcs(tmp_path_factory):
     journal = tmp_path_factory.mktemp("journal") / "uploads.txt"
     journal.touch()
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(EMULATOR), str(port), BUCKET, str(journal), PATTERN, str(PAUSE_S)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=EMULATOR.parent,
+    proc, port = start_emulator(
+        [str(EMULATOR), BUCKET, str(journal), PATTERN, str(PAUSE_S)], journal.with_name("emulator.log")
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail(f"GCS emulator did not start: {proc.stderr.read().decode()[-2000:]}")
     yield _gcs_env(port), journal
     proc.kill()
     proc.wait(timeout=10)

@@ -45,24 +45,36 @@ def _gcs_env(port: int) -> dict[str, str]:
 REFUSED = "refused-run/checkpoints/10"  # the emulator answers 403 to uploads there
 
 
-@pytest.fixture(scope="module")
-def gcs():
+def start_emulator(args: list[str], log: Path) -> tuple[subprocess.Popen, int]:
+    """Start an emulator script (``args`` after the port) on a free port; its output goes to ``log``.
+
+    Never to a pipe: the emulator logs every request and prints a traceback for each client that hangs
+    up, so an undrained pipe fills after a few hundred requests and blocks the emulator mid-request,
+    which a training run then sees as storage that never answers.
+    """
     port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(EMULATOR), str(port), BUCKET, REFUSED],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, args[0], str(port), *args[1:]],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=EMULATOR.parent,
+        )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
+            return proc, port
         except OSError:
             time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail(f"GCS emulator did not start: {proc.stderr.read().decode()[-2000:]}")
+    proc.kill()
+    pytest.fail(f"GCS emulator did not start: {log.read_text(errors='replace')[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+    log = tmp_path_factory.mktemp("gcs_emulator") / "emulator.log"
+    proc, port = start_emulator([str(EMULATOR), BUCKET, REFUSED], log)
     yield _gcs_env(port)
     proc.kill()
     proc.wait(timeout=10)
