@@ -13,8 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from corpus_helpers import cli, env, run, tree, write_parquet_corpus
+from test_train_storage import gcs, gs_in_process  # noqa: F401 - fixtures: the GCS emulator
 
-from autext_jax import corpus
+from autext_jax import corpus, paths
 
 FILES, GROUPS, ROWS = 5, 4, 40  # 20 parts of 40 rows with --rows-per-part 40
 
@@ -45,7 +46,8 @@ def test_uninterrupted_run_parts_manifests_and_success(reference):
     success = json.loads(files["_SUCCESS"])
     assert success == {"parts": 20, "parts_done": 20, "records": FILES * GROUPS * ROWS, "malformed": 0}
     table = pq.read_table(reference / "ref" / "part-00005.parquet")
-    assert table.column_names == ["id", "bot_prob", "english_prob", "is_bot", "n_tokens", "truncated"]
+    columns = ["id", "bot_prob", "english_prob", "is_bot", "n_tokens", "truncated", "short"]
+    assert table.column_names == columns
     assert table.column("id").to_pylist() == [f"f1-{i}" for i in range(40, 80)]  # file 1, row group 1
     assert any(table.column("truncated").to_pylist())  # 32 tokens cut some of the texts
     manifest = json.loads(files["_manifests/part-00005.json"])
@@ -67,6 +69,29 @@ def test_kill_9_then_rerun_is_byte_identical(reference, tiny_model_dir):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "already done" in again.stderr
     assert tree(out) == tree(reference / "ref")  # every part once, byte for byte, no temp files
+
+
+def test_kill_9_with_the_output_on_gcs_then_rerun_equals_the_local_run(
+    reference, tiny_model_dir, gcs, gs_in_process  # noqa: F811
+):
+    out = "gs://bkt/corpus-killed"
+    proc = subprocess.Popen(cli(*_args(tiny_model_dir, reference / "in", out)), env=env(**gcs),
+                            stderr=subprocess.DEVNULL)
+    manifests = paths.join(out, "_manifests")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if paths.isdir(manifests) and len(paths.listdir(manifests)) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not paths.exists(paths.join(out, "_SUCCESS")), "the run ended before the kill: make parts slower"
+    again = run(*_args(tiny_model_dir, reference / "in", out), "-v", **gcs)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already done" in again.stderr
+    fs = gs_in_process
+    remote = {name.removeprefix("bkt/corpus-killed/"): fs.cat(name) for name in fs.find("bkt/corpus-killed")}
+    assert remote == tree(reference / "ref")  # every part once, byte for byte, no temporary objects
 
 
 def test_three_shards_cover_the_corpus_exactly_once(reference, tiny_model_dir):

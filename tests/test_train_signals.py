@@ -86,7 +86,8 @@ def test_a_second_ctrl_c_interrupts_without_waiting(setup):  # noqa: F811
 def test_sigterm_with_the_workdir_on_gs_keeps_the_compile_cache_there(setup, gs_in_process, tmp_path):  # noqa: F811
     fs = gs_in_process
     env = dict(setup["env"], **{k: os.environ[k] for k in _gcs_env(0)})
-    env.pop("JAX_COMPILATION_CACHE_DIR")  # the default: WORKDIR/compile_cache
+    env.pop("JAX_COMPILATION_CACHE_DIR")  # neither variable set: the default, WORKDIR/compile_cache
+    env.pop("AUTEXT_JAX_COMPILE_CACHE", None)
     workdir = "gs://bkt/sigterm-gs"
     extra = ("--max-steps", str(STEPS), "--set", "checkpoint.every_steps=1000")
     log = tmp_path / "sigterm_gs.log"

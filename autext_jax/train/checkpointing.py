@@ -72,6 +72,7 @@ class Checkpointer:
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
         self._unchecked: int | None = None  # the step of a save whose outcome is not yet known
+        self._closed = False
         _silence_closed_loop_callbacks()
 
     def uncommitted(self) -> list[str]:
@@ -107,6 +108,24 @@ class Checkpointer:
         barrier("autext_sweep_uncommitted")
         if removed or jax.process_count() > 1:
             self.manager.reload()
+
+    def newest_on_storage(self) -> int | None:
+        """The newest complete step as the storage holds it now, read without Orbax (no collective).
+
+        For the run status on the way out: a save interrupted inside ``save`` (a second Ctrl-C) can
+        still commit while the manager's own list of steps misses it.
+        """
+        if not paths.isdir(self.directory):
+            return None
+        steps = []
+        for entry in paths.listdir(self.directory):
+            name = paths.name(entry)
+            if not name.isdigit():
+                continue
+            if paths.is_url(self.directory) and not paths.exists(paths.join(entry, COMMIT_MARKER)):
+                continue
+            steps.append(int(name))
+        return max(steps, default=None)
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -221,6 +240,10 @@ class Checkpointer:
         self.manager.reload()
 
     def close(self) -> None:
+        """Wait for every save (one an interrupt cut off inside ``save`` too), release Orbax; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self.manager.close()
         except Exception as err:  # noqa: BLE001 - a failed save was reported already (see wait)

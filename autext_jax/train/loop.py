@@ -264,6 +264,7 @@ def train(cfg: TrainConfig, workdir: str | Path) -> dict[str, Any]:
         # An in-flight save still completes (it holds good parameters); its own failure, if any, must
         # not replace the error that is already on its way to the user.
         checkpointer.wait_quietly()
+        checkpointer.close()  # joins a save a second Ctrl-C cut off inside save(): the status must count it
         if lease is not None:  # a run refused the workdir's lease must not overwrite its owner's status
             status.ended(err, step=_saved_step(checkpointer))
         raise
@@ -319,7 +320,7 @@ def _train_in(
 
 def _saved_step(checkpointer: Checkpointer) -> int | None:
     try:
-        return checkpointer.latest_step()
+        return checkpointer.newest_on_storage()
     except Exception:  # noqa: BLE001 - the status is written on the way out of any failure
         return None
 
