@@ -220,8 +220,13 @@ class CorpusRun:
 
 
 def _rename(source: str, target: str) -> None:
+    """Move a finished part into place. On object stores a server-side copy then a delete: the copy
+    appears whole or not at all, and gcsfs's ``mv`` would first try an object-move API that buckets
+    without a hierarchical namespace (and the emulator) refuse, after a long retry."""
     if paths.is_url(source):
-        paths.filesystem(source).mv(source, target)
+        fs = paths.filesystem(source)
+        fs.copy(source, target)
+        fs.rm(source)
     else:
         os.replace(paths.local(source), paths.local(target))
 

@@ -77,10 +77,11 @@ def test_kill_9_with_the_output_on_gcs_then_rerun_equals_the_local_run(
     out = "gs://bkt/corpus-killed"
     proc = subprocess.Popen(cli(*_args(tiny_model_dir, reference / "in", out)), env=env(**gcs),
                             stderr=subprocess.DEVNULL)
-    manifests = paths.join(out, "_manifests")
+    fs = gs_in_process
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        if paths.isdir(manifests) and len(paths.listdir(manifests)) >= 3:
+        fs.invalidate_cache()  # gcsfs caches listings: look at the bucket itself
+        if len(fs.glob("bkt/corpus-killed/_manifests/*.json")) >= 3:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -89,7 +90,7 @@ def test_kill_9_with_the_output_on_gcs_then_rerun_equals_the_local_run(
     again = run(*_args(tiny_model_dir, reference / "in", out), "-v", **gcs)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "already done" in again.stderr
-    fs = gs_in_process
+    fs.invalidate_cache()
     remote = {name.removeprefix("bkt/corpus-killed/"): fs.cat(name) for name in fs.find("bkt/corpus-killed")}
     assert remote == tree(reference / "ref")  # every part once, byte for byte, no temporary objects
 
