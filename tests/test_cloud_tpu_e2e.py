@@ -21,7 +21,8 @@ from tests.fake_gcloud import FakeCloud, _Bucket
 
 pytest.importorskip("gcp_storage_emulator")
 REPO = Path(__file__).resolve().parent.parent
-STEPS, EVERY, PREEMPT_AT = 40, 10, 15
+# The stop check agrees across processes every ~5 s: the run must outlast it after the SIGTERM.
+STEPS, EVERY, PREEMPT_AT = 240, 20, 30
 
 
 def _sha256(data: bytes) -> str:
