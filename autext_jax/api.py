@@ -121,8 +121,9 @@ class Detector:
         self, texts: list[str], *, segments: str | None = None, operating_point: str | None = None
     ) -> list[dict[str, Any]]:
         """One record per text, in the CLI's shape: ``bot_prob``, ``english_prob``, ``is_bot``,
-        ``n_chunks``, ``n_tokens``, ``short``; ``operating_point`` when one is selected; ``segments``
-        (``[{"start", "end", "bot_prob"}]``, character offsets) with ``segments="sentence"``/``"window"``."""
+        ``n_chunks``, ``n_tokens``, ``truncated``, ``short``; ``operating_point`` when one is selected;
+        ``segments`` (``[{"start", "end", "bot_prob"}]``, character offsets) with ``segments="sentence"`` or
+        ``"window"``."""
         items = enumerate(_checked(texts))
         return [r for _, r in self.stream_records(items, segments=segments, operating_point=operating_point)]
 
