@@ -6,6 +6,7 @@ token count (2 × non-embedding parameters per token plus attention), and how ma
 accelerator would consume at a given sustained FLOP rate, i.e. whether the host keeps up.
 
     python benchmarks/bench_host.py --texts 20000 [--model DIR] [--real]   # --real: the model too
+    python benchmarks/bench_host.py --texts 2000 --real --base   # random xlm-roberta-base-size weights
 """
 
 from __future__ import annotations
@@ -47,11 +48,24 @@ def base_flops_per_text(tokens: float) -> float:
     return 2 * layers * per_layer * tokens + 4 * layers * tokens * tokens * d
 
 
+def base_size_model(directory: Path) -> Path:
+    """A model directory with random weights of the published model's size (what the speed depends on)."""
+    from autext_jax.config import ModelConfig
+    from autext_jax.convert import export_checkpoint
+    from autext_jax.model import create_model
+
+    cfg = ModelConfig()
+    return export_checkpoint(create_model(cfg, seed=0), cfg, directory,
+                             tokenizer_dir=SHARED / "xlmr-tokenizer")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--texts", type=int, default=20000)
     p.add_argument("--model", default=None)
     p.add_argument("--real", action="store_true", help="run the model too (end-to-end texts/s)")
+    p.add_argument("--base", action="store_true",
+                   help="score with random xlm-roberta-base-size weights and the shared XLM-R tokenizer")
     p.add_argument("--peak-tflops", type=float, default=197.0, help="accelerator bf16 peak (v5e: 197)")
     p.add_argument("--mfu", type=float, default=0.4)
     args = p.parse_args()
@@ -63,7 +77,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "in.parquet"
         pq.write_table(pa.table({"text": texts}), source, row_group_size=10000)
-        detector = autext_jax.load(args.model)
+        model = base_size_model(Path(tmp) / "base") if args.base else args.model
+        detector = autext_jax.load(model)
         if not args.real:
             def no_op(state, stacked, ids, segments, starts):
                 zeros = np.zeros(starts.shape, np.float32)
