@@ -1,7 +1,5 @@
 """``python -m autext_jax``: the scoring command (same as ``python -m autext_jax.infer``)."""
 
-import sys
+from autext_jax.infer import run_and_exit
 
-from autext_jax.infer import main
-
-sys.exit(main())
+run_and_exit()

@@ -407,5 +407,13 @@ def exit_fast(code: int) -> None:
     os._exit(code)
 
 
-if __name__ == "__main__":
+def run_and_exit() -> None:
+    """The ``autext-jax`` console script, ``python -m autext_jax`` and ``python -m autext_jax.infer``.
+
+    All three end through ``exit_fast``, so they exit alike: with ``main``'s code, without the teardown.
+    """
     exit_fast(main())
+
+
+if __name__ == "__main__":
+    run_and_exit()

@@ -151,6 +151,20 @@ def test_console_script_compile_cache_second_run_loads(tmp_path, tiny_model_dir)
     assert " 0 loaded from the cache" not in second.stderr and "loaded from the cache" in second.stderr
 
 
+@pytest.mark.parametrize("entry", ["console script", "-m autext_jax", "-m autext_jax.infer"])
+def test_every_entry_point_exits_with_mains_code(tmp_path, entry):
+    script = Path(sys.executable).with_name("autext-jax")
+    if entry == "console script" and not script.exists():
+        pytest.skip("the console script is not installed next to this python")
+    command = {"console script": [str(script)], "-m autext_jax": [sys.executable, "-m", "autext_jax"],
+               "-m autext_jax.infer": [sys.executable, "-m", "autext_jax.infer"]}[entry]
+    missing = tmp_path / "no-such-model"
+    done = subprocess.run(command + ["hello", "--model", str(missing)], capture_output=True, text=True,
+                          env=_env(), timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "Traceback" not in done.stderr and str(missing) in done.stderr
+
+
 def test_ctrl_c_leaves_complete_records(tmp_path, tiny_model_dir):
     source = tmp_path / "many.txt"
     source.write_text("".join(f"text number {i} the cat\n" for i in range(200_000)))
