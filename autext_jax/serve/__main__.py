@@ -94,7 +94,7 @@ def serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(PROG)
     try:
-        import starlette  # noqa: F401
+        import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
         print(f"{PROG}: error: the service needs its extra: pip install -e '.[serve]'", file=sys.stderr)
