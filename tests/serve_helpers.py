@@ -42,13 +42,15 @@ def post_json(url: str, payload, timeout: float = 60.0) -> tuple[int, object]:
 
 
 @contextmanager
-def running_service(model_dir: Path | str | None, *args: str, startup_s: float = 120.0):
+def running_service(
+    model_dir: Path | str | None, *args: str, startup_s: float = 120.0, env: dict[str, str] | None = None
+):
     """Start ``python -m autext_jax.serve`` on a free port; yield ``(base_url, process)``; stop it after."""
     port = free_port()
     cmd = [sys.executable, "-m", "autext_jax.serve", "--port", str(port), *args]
     if model_dir is not None:
         cmd += ["--model", str(model_dir)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**(os.environ if env is None else env), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server never blocks on it
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     proc.log = log

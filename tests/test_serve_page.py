@@ -194,6 +194,36 @@ def test_page_clears_the_result_after_an_error_or_an_empty_text_and_hides_the_le
         assert browser.find_elements(By.CSS_SELECTOR, "#shaded .seg") == []
 
 
+def test_page_asks_for_the_api_key_once_and_keeps_it_for_the_tab(browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from autext_jax.serve.app import ServeOptions, create_app
+
+    app = create_app(StubDetector(), options=ServeOptions(api_keys=("page-key",)))
+    with serving_app(app) as base:
+        browser.get(base + "/")
+        body = browser.find_element(By.TAG_NAME, "body")
+        WebDriverWait(browser, 30).until(lambda d: body.get_attribute("data-key") == "needed")
+        form = browser.find_element(By.ID, "key-form")
+        assert form.is_displayed()
+        browser.find_element(By.ID, "api-key").send_keys("page-key")
+        browser.find_element(By.ID, "use-key").click()
+        WebDriverWait(browser, 30).until(lambda d: body.get_attribute("data-key") == "given")
+        assert not form.is_displayed()
+        score_in_page(browser, base, PARAGRAPH, reload=False)
+        assert body.get_attribute("data-state") == "scored", browser.find_element(By.ID, "error").text
+        # A reload in the same tab: not asked again.
+        score_in_page(browser, base, PARAGRAPH)
+        body = browser.find_element(By.TAG_NAME, "body")
+        assert body.get_attribute("data-state") == "scored"
+        assert body.get_attribute("data-key") is None
+        assert not browser.find_element(By.ID, "key-form").is_displayed()
+        assert browser.execute_script("return sessionStorage.getItem('autext_jax_api_key')") == "page-key"
+        assert browser.execute_script("return localStorage.length") == 0  # not kept beyond the tab
+        browser.execute_script("sessionStorage.clear()")
+
+
 @pytest.mark.parametrize("required", ["", "1"])
 def test_a_missing_browser_skips_or_fails_as_asked(monkeypatch, required):
     monkeypatch.setattr(shutil, "which", lambda name: None)
