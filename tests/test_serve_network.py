@@ -303,3 +303,23 @@ def test_dockerfile_lints_clean_and_its_commands_serve_and_check_health(tmp_path
     without_key = {k: v for k, v in run_env.items() if k != "AUTEXT_JAX_API_KEY"}
     refused = subprocess.run(python, env=without_key, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "API key" in refused.stderr
+
+
+def test_the_readme_documents_every_flag_and_route(tiny_model_dir):
+    from autext_jax.serve.__main__ import build_parser
+    from autext_jax.serve.app import create_app
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## HTTP service and page") : readme.index("## Exit codes")]
+    options = [opt for action in build_parser()._actions for opt in action.option_strings]
+    flags = {opt for opt in options if opt.startswith("--")}
+    missing = sorted(f for f in flags - {"--help"} if f"`{f}" not in section)
+    assert not missing, f"flags not in the README's service section: {missing}"
+
+    import autext_jax
+
+    app = create_app(autext_jax.load(tiny_model_dir))
+    paths = {route.path for route in app.routes} - {"/docs/oauth2-redirect"}
+    documented = {m.group(1) for m in re.finditer(r"`(?:GET |POST )?(/[a-z0-9/.]*)`", section)}
+    assert paths <= documented, sorted(paths - documented)
+    app.state.batcher.close()

@@ -50,13 +50,15 @@ class BatchingConfig:
     ``max_queued_texts``: texts waiting or running at most (more: refused); ``request_timeout_s``: how long a
     job may wait for its records.
 
-    Why 1024 queued texts by default: four full engine runs. On two CPU cores the embedded model scores
-    50-70 texts/s, so the last of them waits about 15-20 s, inside the 60 s request timeout: an accepted
-    request is normally answered, and the queue holds at most 1024 x ``max_chars`` characters."""
+    Why 256 queued texts by default (``max_texts``, one full engine run, the texts being scored included):
+    an accepted text is in the run under way or the next one. On two idle CPU cores the embedded model
+    scores 50-70 texts/s, so it waits about 4-5 s at most, far inside the 60 s request timeout; a burst
+    beyond that is better told "retry after N s" (429) than kept waiting. The queue then holds at most
+    256 x ``max_chars`` characters."""
 
     max_wait_s: float = 0.005
     max_texts: int = 256
-    max_queued_texts: int = 1024
+    max_queued_texts: int = 256
     request_timeout_s: float = 60.0
 
 
