@@ -15,7 +15,13 @@ from starlette.testclient import TestClient  # noqa: E402
 
 import autext_jax  # noqa: E402
 from autext_jax.serve.app import ServeLimits, create_app  # noqa: E402
-from autext_jax.serve.batching import BatchingConfig, BatchingQueue, QueueClosedError  # noqa: E402
+from autext_jax.serve.batching import (  # noqa: E402
+    BatchingConfig,
+    BatchingQueue,
+    QueueClosedError,
+    QueueFullError,
+    QueueTimeoutError,
+)
 from tests.serve_helpers import calibrated_copy  # noqa: E402
 
 TEXTS = [
@@ -103,6 +109,31 @@ def test_close_finishes_queued_jobs_then_refuses_new_ones():
 
     done = asyncio.run(main())
     assert [r[0]["text"] for r in done] == [f"t{i}" for i in range(5)]
+
+
+def test_a_full_queue_refuses_at_once_and_a_late_job_is_dropped_unscored():
+    release = threading.Event()
+    scorer = RecordingScorer()
+    held = lambda texts, segments, op: (release.wait(30), scorer(texts, segments, op))[1]  # noqa: E731
+    batcher = BatchingQueue(held, BatchingConfig(max_wait_s=0.0, max_queued_texts=3, request_timeout_s=0.5))
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit(["a", "b"]))  # taken by the worker, held
+        await asyncio.sleep(0.05)
+        with pytest.raises(QueueFullError) as full:
+            await batcher.submit(["c", "d"])  # 2 + 2 > 3: refused without waiting
+        assert full.value.retry_after_s >= 1 and batcher.queued_texts == 2
+        late = asyncio.ensure_future(batcher.submit(["e"]))  # fits, but waits past the timeout
+        with pytest.raises(QueueTimeoutError):
+            await late
+        with pytest.raises(QueueTimeoutError):
+            await first
+        release.set()
+
+    asyncio.run(main())
+    batcher.close(30)
+    assert batcher.queued_texts == 0
+    assert [t for run in scorer.runs for t in run] == ["a", "b"]  # "e" was dropped, never scored
 
 
 # ---- the app, with a real (tiny) detector ----------------------------------------------------------
@@ -195,6 +226,9 @@ def test_operating_points_are_listed_and_applied(tiny_model_dir, tmp_path):
             got = c.post("/v1/score", json={"texts": TEXTS, "operating_point": name}).json()["records"]
             assert got == calibrated.score_records(TEXTS, operating_point=name)
             assert all(r["operating_point"] == name for r in got)
+            hf = c.post("/", json={"inputs": TEXTS, "operating_point": name}).json()
+            decisions = ["generated" if r["is_bot"] else "human" for r in got]
+            assert [labels[0]["label"] for labels in hf] == decisions
         refused = c.post("/v1/score", json={"text": "a", "operating_point": "fpr=0.5"})
         assert refused.status_code == 422 and "fpr=0.01" in refused.json()["error"]
 
