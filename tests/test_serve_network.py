@@ -90,6 +90,9 @@ def test_keys_from_the_environment_and_the_non_loopback_refusal(tiny_model_dir):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "--api-key" in lines[0] and "--allow-unauthenticated" in lines[0], lines
+    anyone = ("--host", "0.0.0.0", "--allow-unauthenticated")
+    with running_service(tiny_model_dir, *anyone, env=env) as (base, _):
+        assert call(base, "/v1/info")[0] == 200  # as asked: open
 
 
 def test_metrics_count_requests_texts_tokens_batches_and_queue_waits(keyed):
@@ -282,7 +285,6 @@ def test_dockerfile_lints_clean_and_its_commands_serve_and_check_health(tmp_path
     assert cmd[:3] == ["python", "-m", "autext_jax.serve"] and "--model" not in cmd  # the embedded model
     port = str(free_port())
     run_env = {**os.environ, **env, "AUTEXT_JAX_PORT": port, "AUTEXT_JAX_API_KEY": "docker-key"}
-    run_env.pop("PYTHONDONTWRITEBYTECODE", None)
     python = [sys.executable if part == "python" else part for part in cmd]
     health_cmd = [sys.executable if part == "python" else part for part in health]
     nothing_up = subprocess.run(health_cmd, env=run_env, cwd=REPO, capture_output=True)

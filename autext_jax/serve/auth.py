@@ -1,12 +1,14 @@
 """API keys: ``Authorization: Bearer KEY`` on every route but ``/healthz``, ``/readyz``, the page and the
 OpenAPI description.
 
-Why a constant-time comparison against every key: the time to refuse must not tell how much of a guess was
-right, nor which key it was near. A missing or wrong key is a 401 JSON answer with ``WWW-Authenticate``.
+Why a constant-time comparison of SHA-256 digests against every key: the time to refuse must not tell how much
+of a guess was right, which key it was near, nor how long the keys are. A missing or wrong key is a 401 JSON
+answer with ``WWW-Authenticate``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 from collections.abc import Sequence
@@ -26,7 +28,7 @@ class KeyCheck:
     """A FastAPI dependency: passes when the request carries one of ``keys`` (or when there are none)."""
 
     def __init__(self, keys: Sequence[str]):
-        self._keys = [key.encode() for key in keys]
+        self._keys = [_digest(key) for key in keys]
 
     @property
     def enabled(self) -> bool:
@@ -37,7 +39,7 @@ class KeyCheck:
     ) -> None:
         if not self._keys:
             return
-        given = credentials.credentials.encode() if credentials is not None else b""
+        given = _digest(credentials.credentials if credentials is not None else "")
         matched = False
         for key in self._keys:  # every key compared, whatever matched
             matched |= hmac.compare_digest(given, key)
@@ -46,6 +48,10 @@ class KeyCheck:
             raise RequestError(
                 401, f"{why}: send the header Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"}
             )
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
 
 def keys_from(flags: Sequence[str] | None, env_value: str | None) -> list[str]:
