@@ -105,14 +105,16 @@ def validate(model: type[BaseModel], payload: Any, operating_points: list[str]) 
     try:
         return model.model_validate(payload)
     except ValidationError as error:
-        raise _in_words(error.errors(include_url=False), payload, operating_points) from None
+        raise _in_words(error.errors(include_url=False), payload, operating_points, model) from None
 
 
-def _in_words(errors: list[dict], payload: dict, operating_points: list[str]) -> RequestError:
+def _in_words(
+    errors: list[dict], payload: dict, operating_points: list[str], model: type[BaseModel]
+) -> RequestError:
     unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
     if unknown:
         hint = ' (the Hugging Face shape, "inputs", is served at POST /)' if "inputs" in unknown else ""
-        return RequestError(422, f"unknown fields {unknown}{hint}")
+        return RequestError(422, f"unknown fields {unknown}; known: {sorted(model.model_fields)}{hint}")
     error = _most_specific(errors, payload)
     loc = [part for part in error["loc"] if not _is_union_tag(part)]
     where, value, kind, ctx = _where(loc), error.get("input"), error["type"], error.get("ctx") or {}
