@@ -10,7 +10,11 @@
 3. Hostile: malformed JSON, wrong types, empty and enormous bodies, invalid UTF-8, unpaired surrogates,
    deep nesting, slow clients (rounds of them, all at once): counts per status class; the process must
    stay alive with its RSS flat (after the load run vs after the hostile run), ``/healthz`` answering.
-4. SIGTERM: the service must exit 0.
+4. Flood (``--flood-seconds``, ``load_abuse.py``): ``--flood-factor`` (10) times the rate step 2 sustained,
+   open-loop: the share answered 429, p99 of the accepted, RSS before/peak/after.
+5. SIGTERM: the service must exit 0.
+6. Unauthenticated (``--auth-requests``): a second service with ``--api-key``; callers without the key,
+   with a wrong one, with a malformed header: all must get 401, none a 5xx.
 
 Texts: ``--data`` files (TSV/CSV/JSONL/TXT with a ``text`` field; e.g. the AuTexTification training TSVs),
 else generated sentences.
@@ -32,6 +36,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from benchmarks.load_abuse import flood_run, rss_kib, unauthenticated_run
 from tests.serve_helpers import get_json, read_log, running_service
 
 
@@ -198,13 +203,6 @@ def slow_clients(addr: tuple[str, int], n: int) -> list[int | str]:
     return results
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return -1
-
-
 def hostile_run(base: str, pid: int, rounds: int, slow: int) -> dict:
     host, port = base.removeprefix("http://").split(":")
     addr = (host, int(port))
@@ -246,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hostile-rounds", type=int, default=50)
     p.add_argument("--slow-clients", type=int, default=50)
     p.add_argument("--batch-wait-ms", type=float, default=None, help="passed to the service")
+    p.add_argument("--flood-seconds", type=float, default=20.0, help="0: no flood run")
+    p.add_argument("--flood-factor", type=float, default=10.0, help="times the sustained request rate")
+    p.add_argument("--auth-requests", type=int, default=2000, help="per kind of bad key; 0: no key run")
     p.add_argument("--out", default=None, help="write the results as JSON here too")
     args = p.parse_args(argv)
 
@@ -275,9 +276,24 @@ def main(argv: list[str] | None = None) -> int:
         result["ratio_to_in_process"] = round(result["load"]["texts_per_s"] / in_process, 3)
         result["hostile"] = hostile_run(base, proc.pid, args.hostile_rounds, args.slow_clients)
         print(json.dumps({"hostile": result["hostile"]}), flush=True)
+        if args.flood_seconds > 0:
+            sustained = result["load"]["requests_ok"] / result["load"]["seconds"]
+            rate = args.flood_factor * sustained
+            result["flood"] = flood_run(base, proc.pid, texts, rate, args.flood_seconds)
+            result["flood"]["sustained_requests_per_s"] = round(sustained, 1)
+            result["flood"]["load_average"] = round(os.getloadavg()[0], 1)
+            result["flood"]["healthz_after"] = get_json(base + "/healthz")[0]
+            print(json.dumps({"flood": result["flood"]}), flush=True)
         proc.send_signal(signal.SIGTERM)
         result["exit_code_after_sigterm"] = proc.wait(60)
         result["server_tracebacks"] = read_log(proc).count("Traceback")
+    if args.auth_requests > 0:
+        key = "load-serve-key"
+        with running_service(args.model, "--api-key", key, startup_s=300) as (base, proc):
+            result["unauthenticated"] = unauthenticated_run(base, proc.pid, texts, key, args.auth_requests)
+            result["unauthenticated"]["key_in_log"] = key in read_log(proc)
+            result["unauthenticated"]["server_tracebacks"] = read_log(proc).count("Traceback")
+        print(json.dumps({"unauthenticated": result["unauthenticated"]}), flush=True)
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -42,13 +42,15 @@ def post_json(url: str, payload, timeout: float = 60.0) -> tuple[int, object]:
 
 
 @contextmanager
-def running_service(model_dir: Path | str | None, *args: str, startup_s: float = 120.0):
+def running_service(
+    model_dir: Path | str | None, *args: str, startup_s: float = 120.0, env: dict[str, str] | None = None
+):
     """Start ``python -m autext_jax.serve`` on a free port; yield ``(base_url, process)``; stop it after."""
     port = free_port()
     cmd = [sys.executable, "-m", "autext_jax.serve", "--port", str(port), *args]
     if model_dir is not None:
         cmd += ["--model", str(model_dir)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**(os.environ if env is None else env), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server never blocks on it
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     proc.log = log
@@ -97,3 +99,27 @@ def calibrated_copy(model_dir: Path, out: Path) -> Path:
     labels = [int(z >= median) ^ (i % 7 == 0) for i, z in enumerate(logits)]
     calibration.fit(logits, labels, n_tokens=[40] * len(texts)).save(out)
     return out
+
+
+@contextmanager
+def serving_app(app, startup_s: float = 30.0):
+    """Serve an ASGI ``app`` (e.g. around a stub detector) with uvicorn on a free port, in a thread;
+    yield its base URL. Real HTTP, for clients such as a browser."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the app did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)

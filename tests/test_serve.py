@@ -15,7 +15,13 @@ from starlette.testclient import TestClient  # noqa: E402
 
 import autext_jax  # noqa: E402
 from autext_jax.serve.app import ServeLimits, create_app  # noqa: E402
-from autext_jax.serve.batching import BatchingConfig, BatchingQueue, QueueClosedError  # noqa: E402
+from autext_jax.serve.batching import (  # noqa: E402
+    BatchingConfig,
+    BatchingQueue,
+    QueueClosedError,
+    QueueFullError,
+    QueueTimeoutError,
+)
 from tests.serve_helpers import calibrated_copy  # noqa: E402
 
 TEXTS = [
@@ -105,6 +111,31 @@ def test_close_finishes_queued_jobs_then_refuses_new_ones():
     assert [r[0]["text"] for r in done] == [f"t{i}" for i in range(5)]
 
 
+def test_a_full_queue_refuses_at_once_and_a_late_job_is_dropped_unscored():
+    release = threading.Event()
+    scorer = RecordingScorer()
+    held = lambda texts, segments, op: (release.wait(30), scorer(texts, segments, op))[1]  # noqa: E731
+    batcher = BatchingQueue(held, BatchingConfig(max_wait_s=0.0, max_queued_texts=3, request_timeout_s=0.5))
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit(["a", "b"]))  # taken by the worker, held
+        await asyncio.sleep(0.05)
+        with pytest.raises(QueueFullError) as full:
+            await batcher.submit(["c", "d"])  # 2 + 2 > 3: refused without waiting
+        assert full.value.retry_after_s >= 1 and batcher.queued_texts == 2
+        late = asyncio.ensure_future(batcher.submit(["e"]))  # fits, but waits past the timeout
+        with pytest.raises(QueueTimeoutError):
+            await late
+        with pytest.raises(QueueTimeoutError):
+            await first
+        release.set()
+
+    asyncio.run(main())
+    batcher.close(30)
+    assert batcher.queued_texts == 0
+    assert [t for run in scorer.runs for t in run] == ["a", "b"]  # "e" was dropped, never scored
+
+
 # ---- the app, with a real (tiny) detector ----------------------------------------------------------
 
 
@@ -139,14 +170,39 @@ def test_segments_come_back_with_character_offsets(client, detector):
     assert all(0.0 <= s["bot_prob"] <= 1.0 for s in segments)
 
 
-def test_hugging_face_shape(client, detector):
-    p = [r["bot_prob"] for r in detector.score_records(TEXTS[:2])]
-    single = client.post("/v1/score", json={"inputs": TEXTS[0]}).json()
-    assert {d["label"]: d["score"] for d in single} == pytest.approx({"generated": p[0], "human": 1 - p[0]})
-    assert single[0]["score"] >= single[1]["score"]
-    batch = client.post("/v1/score", json={"inputs": TEXTS[:2], "parameters": {"top_k": 1}}).json()
-    assert len(batch) == 2 and all(len(labels) == 1 for labels in batch)
-    assert batch[1][0]["score"] == pytest.approx(max(p[1], 1 - p[1]))
+def test_hugging_face_shape_puts_the_decision_first(client, detector):
+    """A list of label lists, one per text (a string is one text); the first label is ``is_bot``'s."""
+    records = detector.score_records(TEXTS)
+    single = client.post("/", json={"inputs": TEXTS[0]}).json()
+    assert len(single) == 1 and len(single[0]) == 2
+    batch = client.post("/", json={"inputs": TEXTS}).json()
+    assert len(batch) == len(TEXTS)
+    for labels, record in zip(batch, records, strict=True):
+        p = record["bot_prob"]
+        assert {d["label"]: d["score"] for d in labels} == pytest.approx({"generated": p, "human": 1 - p})
+        assert labels[0]["label"] == ("generated" if record["is_bot"] else "human")
+    assert [d["label"] for d in single[0]] == [d["label"] for d in batch[0]]  # scored alone: same to 1e-6
+    assert [d["score"] for d in single[0]] == pytest.approx([d["score"] for d in batch[0]], abs=1e-6)
+    top1 = client.post("/", json={"inputs": TEXTS, "parameters": {"top_k": 1}}).json()
+    assert top1 == [labels[:1] for labels in batch]
+
+
+def test_hugging_face_first_label_follows_the_threshold_not_the_higher_probability(tiny_model_dir):
+    """With the threshold above a text's probability, the answer says "human" though p > 0.5 (and back)."""
+    detector = autext_jax.load(tiny_model_dir)
+    p = detector.score_records(TEXTS[:1])[0]["bot_prob"]
+    for threshold, first in [(min(p + 0.01, 1.0), "human"), (max(p - 0.01, 0.0), "generated")]:
+        with TestClient(create_app(autext_jax.load(tiny_model_dir, threshold=threshold))) as c:
+            assert c.post("/", json={"inputs": TEXTS[0]}).json()[0][0]["label"] == first
+
+
+def test_hugging_face_unknown_keys_are_ignored_and_named(client):
+    body = {"inputs": "a", "parameters": {"top_k": 1, "truncation": True}, "options": {"wait_for_model": True,
+            "x": 1}, "extra": 2}
+    response = client.post("/", json=body)
+    assert response.status_code == 200 and len(response.json()[0]) == 1
+    assert response.headers["X-Ignored-Keys"] == "extra, options.x, parameters.truncation"
+    assert "X-Ignored-Keys" not in client.post("/", json={"inputs": "a"}).headers
 
 
 def test_health_info_and_page(client, detector):
@@ -170,6 +226,9 @@ def test_operating_points_are_listed_and_applied(tiny_model_dir, tmp_path):
             got = c.post("/v1/score", json={"texts": TEXTS, "operating_point": name}).json()["records"]
             assert got == calibrated.score_records(TEXTS, operating_point=name)
             assert all(r["operating_point"] == name for r in got)
+            hf = c.post("/", json={"inputs": TEXTS, "operating_point": name}).json()
+            decisions = ["generated" if r["is_bot"] else "human" for r in got]
+            assert [labels[0]["label"] for labels in hf] == decisions
         refused = c.post("/v1/score", json={"text": "a", "operating_point": "fpr=0.5"})
         assert refused.status_code == 422 and "fpr=0.01" in refused.json()["error"]
 
@@ -200,8 +259,7 @@ def test_operating_points_are_listed_and_applied(tiny_model_dir, tmp_path):
         (b'{"text": "a", "operating_point": "fpr=0.5"}', 422, "unknown operating point"),
         (b'{"text": "a", "operating_point": ["x"]}', 422, "unknown operating point"),
         (b'{"text": "a", "threshold": 0.1}', 422, "unknown fields"),
-        (b'{"inputs": "a", "parameters": {"top_k": 0}}', 422, "top_k"),
-        (b'{"inputs": "a", "parameters": []}', 422, "parameters"),
+        (b'{"inputs": "a"}', 422, "POST /"),
         (b'{"texts": ["a", "b", "c", "d", "e", "f", "g", "h", "i"]}', 413, "limit is 8"),
         (b'{"text": "' + b"x" * 2001 + b'"}', 413, "limit is 2000"),
         (b'{"text": "' + b"x" * 70_000 + b'"}', 413, "over 65536 bytes"),
@@ -209,6 +267,30 @@ def test_operating_points_are_listed_and_applied(tiny_model_dir, tmp_path):
 )
 def test_bad_requests_get_a_4xx_json_error(client, body, status, says):
     response = client.post("/v1/score", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    assert says in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "body, status, says",
+    [
+        (b'{"inputs": "a", "parameters": {"top_k": 0}}', 422, "top_k"),
+        (b'{"inputs": "a", "parameters": {"top_k": true}}', 422, "top_k"),
+        (b'{"inputs": "a", "parameters": []}', 422, "parameters"),
+        (b'{"inputs": "a", "options": 3}', 422, "options"),
+        (b'{"inputs": "a", "options": {"use_cache": "no"}}', 422, "options.use_cache"),
+        (b'{"inputs": "a", "parameters": {"function_to_apply": "none"}}', 422, "function_to_apply"),
+        (b'{"inputs": []}', 422, "non-empty"),
+        (b'{"inputs": ["a", 1]}', 422, "inputs[1] must be a string, got a number"),
+        (b'{"inputs": 5}', 422, "inputs"),
+        (b'{"parameters": {}}', 422, "inputs"),
+        (b'{"inputs": "a", "operating_point": "fpr=0.5"}', 422, "unknown operating point"),
+        (b'{"inputs": ["a", "b", "c", "d", "e", "f", "g", "h", "i"]}', 413, "limit is 8"),
+        (b'{"inputs": "\\udc00"}', 422, "unpaired surrogate"),
+    ],
+)
+def test_bad_hugging_face_requests_get_a_4xx_json_error(client, body, status, says):
+    response = client.post("/", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == status, response.text
     assert says in response.json()["error"]
 

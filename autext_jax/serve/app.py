@@ -1,38 +1,49 @@
-"""The Starlette app: routes, request parsing and limits; scoring goes through the batching queue.
+"""The FastAPI app: routes; scoring goes through the batching queue.
 
 Routes: ``POST /v1/score`` (``{"texts": [...]}`` or ``{"text": "..."}`` → ``{"records": [...]}``, the CLI's
-records; ``{"inputs": ...}`` → the Hugging Face text-classification shape), ``GET /v1/info`` (model,
-threshold, operating points, limits), ``GET /healthz``, and the page at ``/``.
+records), ``POST /`` (the Hugging Face text-classification shape, so a server URL works as an
+``InferenceClient`` model), ``GET /v1/info``, ``GET /metrics`` (Prometheus), ``GET /healthz`` (alive),
+``GET /readyz`` (ready for more work), the page at ``GET /``, and the OpenAPI description at
+``/openapi.json`` (browsable at ``/docs``), generated from the models in ``schemas.py`` that also validate
+every body. With API keys (``auth.py``) every route but the page, the description, ``/healthz`` and
+``/readyz`` needs one.
 
 Why every bad request gets a 4xx JSON error and never a 5xx: the body is read with a size cap and a
-deadline, decoded as strict UTF-8, parsed as JSON, and every field checked (type, count, length,
-unpaired surrogates, known operating point) before anything reaches the detector.
+deadline, parsed as strict JSON, and validated (``reading.py``) before anything reaches the detector.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any
 
-from starlette.applications import Starlette
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 
-from autext_jax import segments as segments_module
 from autext_jax.errors import AutextError
-from autext_jax.serve.batching import BatchingConfig, BatchingQueue, QueueClosedError
+from autext_jax.serve import schemas
+from autext_jax.serve.auth import KeyCheck
+from autext_jax.serve.batching import (
+    BatchingConfig,
+    BatchingQueue,
+    QueueClosedError,
+    QueueFullError,
+    QueueTimeoutError,
+)
+from autext_jax.serve.observe import Metrics, Observe
+from autext_jax.serve.reading import RequestError, parse_json, read_body, validate
 
 log = logging.getLogger(__name__)
-
-SEGMENT_MODES = segments_module.MODES
-HF_LABELS = ("generated", "human")  # label of bot_prob, label of 1 - bot_prob
 
 
 @dataclass(frozen=True)
@@ -45,25 +56,28 @@ class ServeLimits:
     body_timeout_s: float = 10.0
 
 
-class RequestError(Exception):
-    """A request the service refuses: answered with ``status`` and ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 @dataclass(frozen=True)
-class ScoreRequest:
-    """A checked request: texts, options, and which response shape the client asked for."""
+class ServeOptions:
+    """Who may call (``api_keys``; none: anyone), which browser origins may (``cors_origins``; none: only
+    the page's own), and the access log (off, ``text`` or ``json`` lines)."""
 
-    texts: list[str]
-    segments: str | None
-    operating_point: str | None
-    shape: str  # "records" or "hf"
-    hf_single: bool = False
-    top_k: int | None = None
+    api_keys: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    access_log: str | None = None  # None, "text" or "json"
+
+
+_REFUSALS = {
+    status: {"model": schemas.ErrorBody, "description": why}
+    for status, why in [
+        (400, "not JSON: empty, malformed, not UTF-8, NaN, nested too deeply"),
+        (408, "the body did not arrive within the body timeout"),
+        (413, "over a limit: body bytes, texts per request, characters per text"),
+        (401, "missing or wrong API key (only when the service has keys)"),
+        (422, "valid JSON the request model refuses (the first problem, in words)"),
+        (429, "the batching queue is full: retry after Retry-After seconds"),
+        (503, "shutting down, or no answer within the request timeout"),
+    ]
+}
 
 
 def create_app(
@@ -72,210 +86,182 @@ def create_app(
     limits: ServeLimits | None = None,
     batching: BatchingConfig | None = None,
     model_name: str | None = None,
-) -> Starlette:
+    options: ServeOptions | None = None,
+) -> FastAPI:
     """The app around a loaded detector (``score_records``, ``operating_points`` and ``threshold``)."""
-    limits = limits or ServeLimits()
+    limits, options = limits or ServeLimits(), options or ServeOptions()
+    name = model_name or str(getattr(detector, "model_dir", None) or "embedded")
+    metrics = Metrics({"model": name, "threshold": f"{float(detector.threshold):g}"})
 
     def score(texts: list[str], segments: str | None, operating_point: str | None) -> list[dict]:
         return detector.score_records(texts, segments=segments, operating_point=operating_point)
 
-    batcher = BatchingQueue(score, batching)
+    batcher = BatchingQueue(score, batching, observer=metrics)
+    metrics.queued.set_function(lambda: batcher.queued_texts)
+    keyed = [Depends(KeyCheck(options.api_keys))]
+    operating_points = {k: float(v) for k, v in dict(detector.operating_points).items()}
+    models = schemas.request_models(limits.max_texts, limits.max_chars, sorted(operating_points))
     info = {
-        "model": model_name or str(getattr(detector, "model_dir", None) or "embedded"),
+        "model": name,
         "threshold": float(detector.threshold),
-        "operating_points": {k: float(v) for k, v in dict(detector.operating_points).items()},
-        "segment_modes": list(SEGMENT_MODES),
+        "operating_points": operating_points,
+        "segment_modes": list(schemas.SEGMENT_MODES),
         "limits": asdict(limits),
     }
 
-    async def score_route(request: Request) -> Response:
-        body = await _read_body(request, limits)
-        req = parse_score_request(body, limits, info["operating_points"])
+    async def checked(request: Request, model: type[BaseModel]) -> Any:
+        body = await read_body(request, limits.max_body_bytes, limits.body_timeout_s)
+        return validate(model, parse_json(body), sorted(operating_points))
+
+    async def records_of(texts: list[str], segments: str | None, operating_point: str | None) -> list[dict]:
         try:
-            records = await batcher.submit(
-                req.texts, segments=req.segments, operating_point=req.operating_point
-            )
-        except QueueClosedError as error:
+            return await batcher.submit(texts, segments=segments, operating_point=operating_point)
+        except QueueFullError as error:
+            raise RequestError(429, str(error), {"Retry-After": str(error.retry_after_s)}) from None
+        except (QueueClosedError, QueueTimeoutError) as error:
             raise RequestError(503, str(error)) from None
         except AutextError as error:  # a scoring option the detector refuses (checked above; a backstop)
             raise RequestError(422, str(error)) from None
-        if req.shape == "hf":
-            return JSONResponse(_hf_response(records, req))
-        return JSONResponse({"records": records})
-
-    async def info_route(request: Request) -> Response:
-        return JSONResponse({**info, "batches": asdict(batcher.stats)})
-
-    async def health_route(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def page_route(request: Request) -> Response:
-        return HTMLResponse(_page_html(), headers={"Cache-Control": "no-store"})
 
     @asynccontextmanager
-    async def lifespan(app: Starlette):
+    async def lifespan(app: FastAPI):
         yield
         # Uvicorn has finished every in-flight request by now; the queue is empty or finishing.
         await asyncio.get_running_loop().run_in_executor(None, batcher.close)
 
-    app = Starlette(
-        routes=[
-            Route("/", page_route, methods=["GET"]),
-            Route("/healthz", health_route, methods=["GET"]),
-            Route("/v1/info", info_route, methods=["GET"]),
-            Route("/v1/score", score_route, methods=["POST"]),
-        ],
-        exception_handlers={
-            RequestError: _request_error,
-            HTTPException: _http_error,
-            ClientDisconnect: _client_gone,
-            Exception: _server_error,
-        },
+    app = FastAPI(
+        title="autext_jax",
+        summary="Is this text written by a language model? Scores English and Spanish texts.",
+        version=_version(),
         lifespan=lifespan,
+        redoc_url=None,
+    )
+
+    @app.post(
+        "/v1/score",
+        response_model=schemas.ScoreResponse,
+        response_model_exclude_unset=True,  # a record's absent fields stay absent (not null)
+        responses=_REFUSALS,
+        openapi_extra=_body_doc(models.score),
+        dependencies=keyed,
+        summary="Score texts: one record per text",
+    )
+    async def score_route(request: Request) -> Any:
+        req = await checked(request, models.score)
+        return {"records": await records_of(req.all_texts(), req.segments, req.operating_point)}
+
+    @app.post(
+        "/",
+        response_model=schemas.HFResponse,
+        responses=_REFUSALS,
+        openapi_extra=_body_doc(models.hf),
+        dependencies=keyed,
+        summary="Hugging Face text classification (InferenceClient.text_classification)",
+        description="Per text, its labels with the service's decision first. Unknown keys (anywhere in "
+        "the body, as the Hugging Face task specification allows) are ignored and named in X-Ignored-Keys.",
+    )
+    async def hf_route(request: Request, response: Response) -> Any:
+        req = await checked(request, models.hf)
+        records = await records_of(req.all_texts(), None, req.operating_point)
+        top_k = req.parameters.top_k if req.parameters is not None else None
+        if ignored := req.ignored_keys():
+            response.headers["X-Ignored-Keys"] = ", ".join(ignored)
+        return [hf_labels(r, top_k) for r in records]
+
+    @app.get("/v1/info", response_model=schemas.Info, dependencies=keyed, responses=_REFUSALS,
+             summary="Model, threshold, operating points, limits")
+    async def info_route() -> Any:
+        return {**info, "batches": asdict(batcher.stats)}
+
+    @app.get("/metrics", dependencies=keyed, response_class=Response, summary="Prometheus metrics",
+             responses={200: {"content": {"text/plain": {}}}, 401: _REFUSALS[401]})
+    async def metrics_route() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    @app.get("/healthz", summary="The process is alive (open without a key)")
+    async def health_route() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Ready for more work: model loaded and compiled, queue not full (open)",
+             responses={503: {"model": schemas.ErrorBody, "description": "shutting down or queue full"}})
+    async def ready_route() -> Response:
+        if batcher.closed:
+            return JSONResponse({"error": "shutting down"}, status_code=503)
+        if batcher.full:
+            message = f"the batching queue is full ({batcher.queued_texts} texts)"
+            return JSONResponse({"error": message}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page_route() -> Response:
+        return HTMLResponse(_page_html(), headers={"Cache-Control": "no-store"})
+
+    app.openapi = _openapi_with_models(app, [models.score, models.hf])  # type: ignore[method-assign]
+    for error_type, handler in _HANDLERS.items():
+        app.add_exception_handler(error_type, handler)
+    if options.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(options.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After", "X-Ignored-Keys"],
+        )
+    log_lines = options.access_log
+    app.add_middleware(  # outermost of ours: it sees every answer, CORS refusals included
+        Observe, metrics=metrics, access=log_lines is not None, json_lines=log_lines == "json"
     )
     app.state.batcher = batcher
+    app.state.metrics = metrics
     app.state.limits = limits
     return app
 
 
-# ---- reading and checking requests ----------------------------------------------------------------
+def hf_labels(record: dict, top_k: int | None) -> list[dict]:
+    """A record as Hugging Face labels: the decision (``is_bot``) first, whatever the probabilities."""
+    p = float(record["bot_prob"])
+    generated, human = {"label": "generated", "score": p}, {"label": "human", "score": 1.0 - p}
+    labels = [generated, human] if record["is_bot"] else [human, generated]
+    return labels[:top_k] if top_k else labels
 
 
-async def _read_body(request: Request, limits: ServeLimits) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise RequestError(400, "Content-Length must be a non-negative integer")
-        if int(declared) > limits.max_body_bytes:
-            raise RequestError(413, _too_large(limits))
-    try:
-        return await asyncio.wait_for(_capped_body(request, limits), limits.body_timeout_s)
-    except TimeoutError:
-        raise RequestError(
-            408, f"the request body did not arrive within {limits.body_timeout_s:g} s"
-        ) from None
+# ---- the OpenAPI document ----------------------------------------------------------------------------
 
 
-async def _capped_body(request: Request, limits: ServeLimits) -> bytes:
-    parts, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limits.max_body_bytes:
-            raise RequestError(413, _too_large(limits))
-        parts.append(chunk)
-    return b"".join(parts)
+def _ref(model: type[BaseModel]) -> str:
+    return f"#/components/schemas/{model.__name__}"
 
 
-def _too_large(limits: ServeLimits) -> str:
-    return f"request body over {limits.max_body_bytes} bytes; send fewer or shorter texts per request"
+def _body_doc(model: type[BaseModel]) -> dict:
+    """``openapi_extra`` naming ``model`` as the JSON request body (the handler validates with it)."""
+    schema = {"$ref": _ref(model)}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def parse_score_request(body: bytes, limits: ServeLimits, operating_points: dict[str, float]) -> ScoreRequest:
-    """Check a ``/v1/score`` body; raise ``RequestError`` (4xx) naming the first problem."""
-    if not body.strip():
-        raise RequestError(400, 'empty request body; send JSON such as {"texts": ["..."]}')
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise RequestError(400, f"request body is not valid UTF-8 (byte {error.start})") from None
-    try:
-        payload = json.loads(text, parse_constant=_no_constant)
-    except json.JSONDecodeError as error:
-        where = f"line {error.lineno} column {error.colno}"
-        raise RequestError(400, f"malformed JSON: {error.msg} at {where}") from None
-    except (ValueError, RecursionError) as error:
-        raise RequestError(400, f"malformed JSON: {error}") from None
-    if not isinstance(payload, dict):
-        raise RequestError(422, 'the body must be a JSON object such as {"texts": ["..."]}')
-    given = [k for k in ("texts", "text", "inputs") if k in payload]
-    if len(given) != 1:
-        raise RequestError(422, 'give exactly one of "texts" (a list), "text" or "inputs"')
-    key = given[0]
-    allowed = {key, "segments", "operating_point"} | ({"parameters"} if key == "inputs" else set())
-    unknown = sorted(set(payload) - allowed)
-    if unknown:
-        raise RequestError(422, f"unknown fields {unknown}; known: {sorted(allowed)}")
-    value = payload[key]
-    single = isinstance(value, str)
-    if key == "texts" and single:
-        raise RequestError(422, '"texts" must be a list of strings (use "text" for one string)')
-    if key == "text" and not single:
-        raise RequestError(422, '"text" must be a string (use "texts" for a list)')
-    texts = [value] if single else value
-    if not isinstance(texts, list) or not texts:
-        raise RequestError(422, f'"{key}" must be a string or a non-empty list of strings')
-    if len(texts) > limits.max_texts:
-        raise RequestError(413, f"{len(texts)} texts in one request; the limit is {limits.max_texts}")
-    for i, item in enumerate(texts):
-        where = key if single else f"{key}[{i}]"
-        _check_text(item, where, limits)
-    segments = payload.get("segments")
-    if segments is not None and segments not in SEGMENT_MODES:
-        raise RequestError(422, f'"segments" must be one of {list(SEGMENT_MODES)} or null, got {segments!r}')
-    operating_point = payload.get("operating_point")
-    if operating_point is not None:
-        if not isinstance(operating_point, str) or operating_point not in operating_points:
-            have = ", ".join(operating_points) or "none"
-            raise RequestError(422, f"unknown operating point {operating_point!r}; this model has: {have}")
-    top_k = _top_k(payload.get("parameters")) if key == "inputs" else None
-    shape = "hf" if key == "inputs" else "records"
-    return ScoreRequest(texts, segments, operating_point, shape, hf_single=single, top_k=top_k)
+def _openapi_with_models(app: FastAPI, models: list[type[BaseModel]]) -> Callable[[], dict]:
+    """FastAPI's document with the request models (and their ``$defs``) under ``components.schemas``."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            components = doc.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(schema.pop("$defs", {}))
+                components[model.__name__] = schema
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    return openapi
 
 
-def _check_text(item: Any, where: str, limits: ServeLimits) -> None:
-    if not isinstance(item, str):
-        raise RequestError(422, f"{where} must be a string, got {_json_type(item)}")
-    if len(item) > limits.max_chars:
-        raise RequestError(413, f"{where} has {len(item)} characters; the limit is {limits.max_chars}")
-    try:
-        item.encode("utf-8")
-    except UnicodeEncodeError as error:
-        message = f"{where} contains an unpaired surrogate at character {error.start}"
-        raise RequestError(422, message) from None
-
-
-def _top_k(parameters: Any) -> int | None:
-    if parameters is None:
-        return None
-    if not isinstance(parameters, dict):
-        raise RequestError(422, '"parameters" must be an object')
-    top_k = parameters.get("top_k")
-    if top_k is None:
-        return None
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-        raise RequestError(422, f'"parameters.top_k" must be a positive integer, got {top_k!r}')
-    return top_k
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
-
-
-def _hf_response(records: list[dict], req: ScoreRequest) -> list:
-    """Hugging Face text-classification: per text, ``[{label, score}]`` sorted by score (all labels)."""
-    out = []
-    for record in records:
-        p = float(record["bot_prob"])
-        labels = sorted(
-            [{"label": HF_LABELS[0], "score": p}, {"label": HF_LABELS[1], "score": 1.0 - p}],
-            key=lambda item: -item["score"],
-        )
-        out.append(labels[: req.top_k] if req.top_k else labels)
-    return out[0] if req.hf_single else out
-
-
-# ---- errors and the page --------------------------------------------------------------------------
+# ---- errors and the page -----------------------------------------------------------------------------
 
 
 async def _request_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, RequestError)
-    headers = {"Connection": "close"} if error.status in (408, 413) else None
-    return JSONResponse({"error": error.message}, status_code=error.status, headers=headers)
+    return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
 
 
 async def _http_error(request: Request, error: Exception) -> Response:
@@ -293,6 +279,13 @@ async def _server_error(request: Request, error: Exception) -> Response:
     return JSONResponse({"error": f"internal error: {type(error).__name__}"}, status_code=500)
 
 
+_HANDLERS = {
+    RequestError: _request_error,
+    HTTPException: _http_error,
+    ClientDisconnect: _client_gone,
+    Exception: _server_error,
+}
+
 _PAGE: list[str] = []
 
 
@@ -301,3 +294,11 @@ def _page_html() -> str:
         _PAGE.append(resources.files("autext_jax.serve").joinpath("page.html").read_text("utf-8"))
     return _PAGE[0]
 
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("autext-jax")
+    except PackageNotFoundError:
+        return "0"
