@@ -82,6 +82,18 @@ def expand_inputs(specs: list[str]) -> list[str]:
     return files
 
 
+def check_texts(texts: list[str]) -> None:
+    """Refuse a positional text that names an existing file or folder: scoring the name itself is
+    never what was meant (a text that really is a file name can come on stdin)."""
+    for text in texts:
+        if text.strip() and "\n" not in text and os.path.exists(text):
+            kind = "folder" if os.path.isdir(text) else "file"
+            raise UsageError(
+                f"{text!r} is a {kind}, not a text to score: did you mean `-i {text}`? "
+                "(to score the words themselves, pipe them on stdin)"
+            )
+
+
 def check_paths(files: list[str], output: str | None, corpus_mode: bool = False) -> None:
     """Refuse what cannot work before anything is opened: unreadable inputs, an output that is an input."""
     for path in files:
@@ -216,6 +228,7 @@ def _main(args: argparse.Namespace, stop: StopFlag) -> int:
     cli.setup_logging("autext-jax", verbose=args.verbose)
     corpus_mode = bool(args.output) and (args.output.endswith("/") or paths.isdir(args.output))
     args.corpus_mode = corpus_mode
+    check_texts(args.texts)
     args.files = expand_inputs(args.inputs)
     if corpus_mode:  # the parts, their ``source`` column and the folder's identity name inputs one way
         args.files = [f if f == "-" else paths.resolved(f) for f in args.files]
