@@ -13,12 +13,11 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from corpus_helpers import cli, env, run, tree, write_parquet_corpus
-from test_train_storage import gcs, gs_in_process  # noqa: F401 - fixtures: the GCS emulator
 
 import autext_jax
 from autext_jax import calibration as calib
 from autext_jax import corpus, infer, paths
+from tests.helpers.corpus import cli, env, run, tree, write_parquet_corpus
 
 FILES, GROUPS, ROWS = 5, 4, 40  # 20 parts of 40 rows with --rows-per-part 40
 
@@ -76,7 +75,7 @@ def test_kill_9_then_rerun_is_byte_identical(reference, tiny_model_dir):
 
 
 def test_kill_9_with_the_output_on_gcs_then_rerun_equals_the_local_run(
-    reference, tiny_model_dir, gcs, gs_in_process  # noqa: F811
+    reference, tiny_model_dir, gcs, gs_in_process
 ):
     out = "gs://bkt/corpus-killed"
     proc = subprocess.Popen(cli(*_args(tiny_model_dir, reference / "in", out)), env=env(**gcs),
