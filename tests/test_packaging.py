@@ -1,5 +1,6 @@
 """What ``pyproject.toml`` declares: every third-party module the package imports comes from a declared
-distribution (core dependencies, or an extra for optional features), so a clean install has it."""
+distribution (core dependencies, or an extra for optional features), so a clean install has it. And the
+tests' own layout: shared helpers live in ``tests/helpers`` and ``conftest.py``, not in test modules."""
 
 from __future__ import annotations
 
@@ -49,3 +50,17 @@ def test_every_imported_module_is_declared():
                 continue
             declared = core if is_core else anywhere
             assert found & declared, f"{path.relative_to(REPO)} imports {module} ({found}): declare it"
+
+
+def test_no_test_module_imports_another_test_module():
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                module = name.removeprefix("tests.")
+                assert not module.startswith("test_"), f"{path.name} imports {name}: move it to tests/helpers"
