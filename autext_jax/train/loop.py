@@ -251,7 +251,7 @@ def train(cfg: TrainConfig, workdir: str | Path) -> dict[str, Any]:
     status = RunStatus(workdir, enabled=jax.process_index() == 0, commit=source_commit())
     lease = None
     try:
-        lease = claim(workdir)
+        lease = claim(workdir, on_beat=status.heartbeat)
         checkpointer.sweep_uncommitted()
         status.running(checkpointer.latest_step())
         # From here on a SIGTERM/Ctrl-C (even one during compilation) is acted on at the next stop check.
