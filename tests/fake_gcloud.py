@@ -14,7 +14,7 @@ created requests end FAILED with that ``failedData``), ``ssh_fails`` (an ssh who
 text exits 1, as a failing install would), ``ssh_hangs`` (``[text, n]``: the next n such ssh calls never
 return), ``account`` (what ``auth list`` prints; empty: logged out). ``FakeCloud.preempt`` is a Spot
 preemption: SUSPENDING and SIGTERM to the workers' processes, SUSPENDED (and SIGKILL) ``grace`` s later;
-``FakeCloud.kill`` is a crash: SIGKILL to the workers' processes whose command line has a given text.
+``FakeCloud.kill`` is a crash: SIGKILL to the workers' processes with given words in their argv.
 Every call is appended to ``root/calls.jsonl`` (made on a worker: ``root/calls-workers.jsonl``).
 """
 
@@ -75,12 +75,12 @@ class FakeCloud:
     def worker(self, name: str, i: int) -> Path:
         return self.root / "tpu" / name / f"worker-{i}"
 
-    def kill(self, name: str, text: str) -> int:
-        """SIGKILL the slice's processes whose command line contains ``text`` (OOM, kill -9); how many."""
-        killed = 0
+    def kill(self, name: str, *words: str) -> int:
+        """SIGKILL the slice's processes whose argv has ``words`` in a row (OOM, kill -9); how many."""
+        killed, pattern = 0, b"\0".join([b"", *(w.encode() for w in words), b""])
         for pid in _worker_pids(self.root, name):
             try:
-                if text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                if pattern in Path(f"/proc/{pid}/cmdline").read_bytes():
                     os.kill(pid, signal.SIGKILL)
                     killed += 1
             except OSError:

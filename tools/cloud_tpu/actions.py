@@ -255,7 +255,7 @@ def save_logs(args: argparse.Namespace, run: Gcloud) -> None:
     try:
         run(commands.ssh(args, remote.copy_logs(logs_url(args))))
     except GcloudError as err:
-        log(f"could not copy the worker logs to {logs_url(args)}: {' '.join(err.stderr.split())[-160:]}")
+        log(f"could not copy the worker logs to {logs_url(args)}: {err}")
 
 
 def worker_count(args: argparse.Namespace, run: Gcloud) -> int:

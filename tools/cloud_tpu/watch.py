@@ -204,14 +204,7 @@ class Watch:
         if setup:
             log(f"setting up every worker of {self.args.name}")
             self._attempt("setup", lambda: actions.install(self.args, self.run, self.shipment))
-        last = self.restarts >= self.args.max_restarts
-        launch = remote.Launch(
-            actions.new_launch_id(),
-            actions.logs_url(self.args),
-            delete=None if self.args.keep else [*commands.delete(self.args), "--async"],
-            delete_on_failure=last,
-            deadline=int(self.deadline) if self.deadline is not None else None,
-        )
+        launch = new_launch(self.args, last=self.restarts >= self.args.max_restarts, deadline=self.deadline)
         before = actions.run_status(self.args, self.run)
         log(f"launching training on every worker of {self.args.name}")
         self._attempt("launch", lambda: actions.train(self.args, self.run, launch))
@@ -295,8 +288,9 @@ class Watch:
         actions.save_logs(self.args, self.run)
         self._launch(setup=False)
 
-    def _finish(self, why: str) -> None:
-        actions.save_logs(self.args, self.run)
+    def _finish(self, why: str, *, save_logs: bool = False) -> None:
+        if save_logs:  # a finished run's workers copied their logs as training exited
+            actions.save_logs(self.args, self.run)
         if self.args.keep:
             log(f"{why}; keeping slice {self.args.name} (--keep)")
         else:
@@ -304,12 +298,24 @@ class Watch:
             actions.delete(self.args, self.run)
 
     def _give_up(self, why: str) -> None:
-        self._finish(f"giving up: {why}")
+        self._finish(f"giving up: {why}", save_logs=True)
         kept = "kept" if self.args.keep else "deleted"
         raise GaveUp(
             f"watch gave up: {why}; slice {self.args.name} {kept}; worker logs: python -m tools.cloud_tpu "
             f"logs --name {self.args.name} --zone {self.args.zone} --workdir {self.args.workdir}"
         )
+
+
+def new_launch(args: argparse.Namespace, *, last: bool, deadline: float | None) -> remote.Launch:
+    """A launch whose worker 0 deletes the slice (unless ``--keep``) when the run ends for good: finished,
+    or failed on the ``last`` launch ``--max-restarts`` allows; or at the ``deadline``."""
+    return remote.Launch(
+        actions.new_launch_id(),
+        actions.logs_url(args),
+        delete=None if args.keep else [*commands.delete(args), "--async"],
+        delete_on_failure=last,
+        deadline=int(deadline) if deadline is not None else None,
+    )
 
 
 def dry_run(args: argparse.Namespace, run: Gcloud) -> None:
@@ -323,4 +329,5 @@ def dry_run(args: argparse.Namespace, run: Gcloud) -> None:
         actions.delete(args, run)
         actions.create(args, run)
         actions.install(args, run, shipment)
-        actions.train(args, run)
+        deadline = time.time() + args.max_hours * 3600 if args.max_hours > 0 else None
+        actions.train(args, run, new_launch(args, last=False, deadline=deadline))
