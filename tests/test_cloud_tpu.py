@@ -220,6 +220,18 @@ def test_a_crash_on_the_last_allowed_launch_makes_worker_0_delete_the_slice(tmp_
     ).read_text()
 
 
+def test_progress_on_the_last_allowed_launch_keeps_the_slice(tmp_path, stand_in):
+    """The last launch failed after a newer checkpoint: the budget resets, so worker 0 must not delete."""
+    fake = FakeCloud(tmp_path / "cloud")
+    proc = watch(fake, stand_in, "--max-restarts", "1", script="crash@10 crash@20")
+    assert proc.returncode == 1, proc.stderr
+    assert "restart budget reset" in proc.stderr and gcs(fake, "launches") == "3"
+    second = sorted((fake.root / "gcs" / "bkt" / "run" / "logs").iterdir())[1] / "worker-0.log"
+    assert "training exited with code 1" in second.read_text()  # the last allowed launch at the time ...
+    assert "deletes the slice" not in second.read_text()  # ... made progress: the slice stayed
+    assert verbs(fake).count("create") == 1 and "giving up: run failed at step 20" in proc.stderr
+
+
 def test_watch_crash_then_success_with_keep_and_already_exists(tmp_path, stand_in):
     fake = FakeCloud(tmp_path / "cloud")
     fake.plan(create_exists=2, provision_polls=2)

@@ -86,14 +86,16 @@ class Launch:
 
     ``delete``: the gcloud command worker 0 runs to delete its own queued resource (``None``: never,
     ``--keep``); it runs when training exits 0, or exits with any failure when ``delete_on_failure``
-    (watch's last allowed relaunch), or at ``deadline`` (unix time; ``None``: no deadline), whichever
-    comes first — without anyone watching.
+    (watch's last allowed relaunch) unless the run's status shows a checkpoint newer than
+    ``progress_step`` (progress: watch would relaunch it), or at ``deadline`` (unix time; ``None``: no
+    deadline), whichever comes first — without anyone watching.
     """
 
     launch_id: str
     logs_url: str
     delete: list[str] | None = None
     delete_on_failure: bool = False
+    progress_step: int | None = None
     deadline: int | None = None
 
     @property
@@ -118,6 +120,11 @@ def _supervised(argv: list[str], env: dict[str, str], launch: Launch) -> str:
     exports = "".join(f"export {k}={v}; " for k, v in env.items())
     delete = shlex.join(launch.delete) + ' >> "$log" 2>&1' if launch.delete else "true"
     on_failure = "1" if launch.delete_on_failure else "0"
+    status = shlex.quote(launch.logs_url.rstrip("/").rsplit("/", 1)[0] + "/run_status.json")
+    read_step = shlex.quote('import json, sys; print(int(json.load(sys.stdin).get("step") or -1))')
+    step_now = f"$(gcloud storage cat {status} 2>/dev/null | python3 -c {read_step} 2>/dev/null || echo -1)"
+    # no progress in this launch: the status's step is not past the one watch last saw (none seen: any)
+    no_progress = "true" if launch.progress_step is None else f'[ "{step_now}" -le {launch.progress_step} ]'
     lines = [
         "trap : TERM INT",  # a preemption's SIGTERM: let training save, then copy its log
         f'w={WORKER}; log={launch.log}; ln -sf "$log" $HOME/autext-train.log',
@@ -136,10 +143,10 @@ def _supervised(argv: list[str], env: dict[str, str], launch: Launch) -> str:
         'echo "cloud_tpu: training exited with code $code" >> "$log"; copy',
     ]
     if launch.delete:
+        failed = f'[ {on_failure} = 1 ] && [ "$code" != 130 ] && [ "$code" != 143 ] && {no_progress}'
         lines.append(
-            f'if [ "$w" = 0 ] && {{ [ "$code" = 0 ] || {{ [ {on_failure} = 1 ] && [ "$code" != 130 ] && '
-            f'[ "$code" != 143 ]; }}; }}; then echo "cloud_tpu: the run ended for good (exit $code): '
-            f'worker 0 deletes the slice" >> "$log"; copy; {delete}; fi'
+            f'if [ "$w" = 0 ] && {{ [ "$code" = 0 ] || {{ {failed}; }}; }}; then echo "cloud_tpu: the run '
+            f'ended for good (exit $code): worker 0 deletes the slice" >> "$log"; copy; {delete}; fi'
         )
     return " ".join(line if line.endswith("&") else f"{line};" for line in lines)
 

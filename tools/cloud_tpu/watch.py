@@ -156,6 +156,12 @@ class Watch:
             log(f"slice {self.args.name} is FAILED: {state.reason or 'Google gave no reason'}")
             if state.permanent:
                 self._give_up(f"the slice FAILED for a reason re-creating cannot fix: {state.reason}")
+        if state.name in actions.GONE and self._ended_for_good(status):
+            step, code = status.get("step"), status.get("exit_code")
+            self._give_up(
+                f"run failed at step {step} (exit {code}) on its last allowed launch (--max-restarts "
+                f"{self.args.max_restarts}) and worker 0 deleted slice {self.args.name}"
+            )
         if state.name in actions.GONE or state.name == "SUSPENDING":
             self._recreate(state.name)
         elif state.name in actions.PROVISIONING:
@@ -165,6 +171,13 @@ class Watch:
         else:
             log(f"slice {self.args.name} is {state.name}: not acting on it")
         return False
+
+    def _ended_for_good(self, status: dict | None) -> bool:
+        """Our launch failed with no relaunch left (worker 0 then deletes the slice itself)."""
+        if not status or status.get("state") != "failed" or self.launched_at is None or not self.beat.moved():
+            return False
+        self._note_progress(status.get("step"))
+        return self.restarts >= self.args.max_restarts
 
     def _after_launch(self) -> bool:
         """A ``finished`` status counts if it was written after our launch, or found finished at start."""
@@ -204,7 +217,12 @@ class Watch:
         if setup:
             log(f"setting up every worker of {self.args.name}")
             self._attempt("setup", lambda: actions.install(self.args, self.run, self.shipment))
-        launch = new_launch(self.args, last=self.restarts >= self.args.max_restarts, deadline=self.deadline)
+        launch = new_launch(
+            self.args,
+            last=self.restarts >= self.args.max_restarts,
+            progress_step=self.progress_step,
+            deadline=self.deadline,
+        )
         before = actions.run_status(self.args, self.run)
         log(f"launching training on every worker of {self.args.name}")
         self._attempt("launch", lambda: actions.train(self.args, self.run, launch))
@@ -306,14 +324,18 @@ class Watch:
         )
 
 
-def new_launch(args: argparse.Namespace, *, last: bool, deadline: float | None) -> remote.Launch:
+def new_launch(
+    args: argparse.Namespace, *, last: bool, deadline: float | None, progress_step: int | None = None
+) -> remote.Launch:
     """A launch whose worker 0 deletes the slice (unless ``--keep``) when the run ends for good: finished,
-    or failed on the ``last`` launch ``--max-restarts`` allows; or at the ``deadline``."""
+    or failed without progress past ``progress_step`` on the ``last`` launch ``--max-restarts`` allows;
+    or at the ``deadline``."""
     return remote.Launch(
         actions.new_launch_id(),
         actions.logs_url(args),
         delete=None if args.keep else [*commands.delete(args), "--async"],
         delete_on_failure=last,
+        progress_step=progress_step,
         deadline=int(deadline) if deadline is not None else None,
     )
 
