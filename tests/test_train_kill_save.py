@@ -118,14 +118,32 @@ def test_kill_9_during_a_gs_save_then_rerun_completes_identically(
     assert hashlib.sha256(exported).hexdigest() == local_export_sha
 
 
+@pytest.fixture
+def held_gcs(tmp_path):
+    """An emulator that holds every upload of the step-20 checkpoint while ``hold`` exists."""
+    journal, hold = tmp_path / "uploads.txt", tmp_path / "HOLD"
+    journal.touch()
+    hold.touch()
+    proc, port = start_emulator(
+        [str(EMULATOR), BUCKET, str(journal), PATTERN, "0", str(hold)], tmp_path / "emulator.log"
+    )
+    yield _gcs_env(port), journal, hold
+    proc.kill()
+    proc.wait(timeout=10)
+
+
 def test_sigterm_with_a_periodic_save_in_flight_stops_within_30_s(
     setup,  # noqa: F811
-    journal_gcs,
+    held_gcs,
     tmp_path,
     monkeypatch,
 ):
-    """A preempted VM gets 30 s: the stop finishes the save in flight instead of queueing another."""
-    gcs_env, journal = journal_gcs
+    """A preempted VM gets 30 s: the stop finishes the save in flight instead of queueing another.
+
+    The step-20 save is held in flight by the emulator until the run's stop check has found it (its
+    log says so): the moment tested is certain, whatever the load on the machine.
+    """
+    gcs_env, journal, hold = held_gcs
     for key, value in gcs_env.items():
         monkeypatch.setenv(key, value)
     env = dict(setup["env"], **gcs_env)
@@ -134,12 +152,19 @@ def test_sigterm_with_a_periodic_save_in_flight_stops_within_30_s(
     log_path = tmp_path / "sigterm.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(_cmd(setup, workdir, *EXTRA), env=env, cwd=tmp_path, stdout=log, stderr=log)
-    deadline = time.monotonic() + 400
-    while not _uploads(journal, run) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert _uploads(journal, run), log_path.read_text()[-3000:]
-    signalled = time.monotonic()
-    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        deadline = time.monotonic() + 400
+        while not _uploads(journal, run) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert _uploads(journal, run), log_path.read_text()[-3000:]  # the save has begun, and is held
+        signalled = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        found = f"finishing the checkpoint of step {KILLED_STEP} that is being written"
+        while found not in log_path.read_text() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert found in log_path.read_text(), log_path.read_text()[-3000:]
+    finally:
+        hold.unlink()  # the save may finish now
     proc.wait(timeout=60)
     took = time.monotonic() - signalled
     text = log_path.read_text()
