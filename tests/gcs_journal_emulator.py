@@ -6,15 +6,17 @@ flushed) once it is stored, and the first upload of each such name is followed b
 of silence. A test watching the journal can thus kill the uploader at a chosen moment of a checkpoint
 save (before, during or after a given file) while the save is held there.
 
-With ``HOLD`` (a local file path), such uploads are not answered while that file exists, for as long
-as the test needs (a save held in flight: the test removes the file to let it finish), and the
-server answers each request in its own thread, so that everything else (metrics, the run status)
-goes on meanwhile.
+With ``HOLD`` (a local file path), the server answers each request in its own thread, and while that
+file exists each of its lines is a rule ``NAME_PART`` or ``NAME_PART|BODY_REGEX``: an upload whose
+object name contains ``NAME_PART`` (and whose body matches ``BODY_REGEX``) is not stored or answered
+until no rule holds it any more (the test edits or removes the file); its name is appended to
+``JOURNAL.held`` once. Everything else goes on meanwhile: a test can hold a checkpoint save in flight
+and stop the training loop before a chosen step, then let each go on in the order it needs.
 """
 
 from __future__ import annotations
 
-import os
+import re
 import sys
 import time
 
@@ -25,17 +27,45 @@ _seen: set[str] = set()
 HOLD: str | None = None
 
 
+def _held(name: str, body: bytes) -> bool:
+    try:
+        with open(HOLD, encoding="utf-8") as rules:
+            lines = [line.rstrip("\n") for line in rules if line.strip()]
+    except FileNotFoundError:
+        return False
+    for line in lines:
+        part, _, pattern = line.partition("|")
+        if part in name and (not pattern or re.search(pattern.encode(), body)):
+            return True
+    return False
+
+
+def _body(request) -> bytes:
+    data = request.data
+    if isinstance(data, dict):
+        data = data.get("content", b"")
+    return data if isinstance(data, bytes) else str(data).encode()
+
+
 def _insert_and_report(request, response, storage, *args, **kwargs):
-    result = _store(request, response, storage, *args, **kwargs)
     name = (request.query.get("name") or [""])[0]
+    if HOLD and not name and isinstance(request.data, dict):  # a multipart upload names it in its metadata
+        name = str(request.data.get("meta", {}).get("name", ""))
+    if HOLD:
+        body, noted = _body(request), False
+        while _held(name, body):
+            if not noted:
+                with open(JOURNAL + ".held", "a", encoding="utf-8") as out:
+                    out.write(name + "\n")
+                noted = True
+            time.sleep(0.05)
+    result = _store(request, response, storage, *args, **kwargs)
     if PATTERN and PATTERN in name:
         with open(JOURNAL, "a", encoding="utf-8") as out:
             out.write(name + "\n")
         if name not in _seen:
             _seen.add(name)
             time.sleep(PAUSE_S)
-        while HOLD and os.path.exists(HOLD):
-            time.sleep(0.05)
     return result
 
 
