@@ -2,11 +2,12 @@
 subprocess, and a small stand-in project whose ``autext_jax.train`` reports as training does.
 
 The stand-in follows a script in its flags (``--script "crash@10 finish@20"``): launch k does the k-th
-action (the last one repeats). ``crash@S``: running at step S, then failed (exit 1); ``finish@S``: export,
-then finished (exit 0); ``beat@S``: running at step S with a heartbeat every 0.3 s until killed;
-``beatfinish@S``: heartbeats for 3 s, then finishes; ``slowexport@S``: writes the export, heartbeats for
-3 s (calibration and the rest of the export), then finished. Each launch appends ``stand-in launch K:
-ACTION`` to its log, and every worker records what it saw in ``WORKDIR/seen-I.json``.
+action (the last one repeats). ``crash@S``: running at step S, then failed (exit 1); ``finish@S``:
+export, then finished (exit 0); ``beat@S``: running at step S with a heartbeat every 0.3 s until
+killed; ``gatedfinish@S``/``gatedcrash@S``: heartbeats until the test writes ``WORKDIR/go``, then
+finishes/crashes; ``slowexport@S``: writes the export, heartbeats for 3 s (calibration and the rest of
+the export), then finished. Each launch appends ``stand-in launch K: ACTION`` to its log, and every
+worker records what it saw in ``WORKDIR/seen-I.json``.
 """
 
 from __future__ import annotations
@@ -52,13 +53,17 @@ def beats(seconds):
         status("running")
         time.sleep(0.3)
 status("running")
-if action == "crash":
+if action == "gatedcrash":
+    while get("go") is None:
+        time.sleep(0.2)
+if action in ("crash", "gatedcrash"):
     status("failed", 1)
     sys.exit(1)
 if action == "beat":
     beats(10**9)
-if action == "beatfinish":
-    beats(3)
+if action == "gatedfinish":
+    while get("go") is None:
+        beats(0.3)
 put("export/config.json", "{}")
 if action == "slowexport":
     beats(3)

@@ -9,12 +9,13 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.cloud_tpu_helpers import REPO, WHERE, gcs, make_stand_in, tool, verbs, watch
+from tests.cloud_tpu_helpers import REPO, WHERE, gcs, make_stand_in, tool, verbs, watch, watch_argv
 from tests.fake_gcloud import FakeCloud
 
 CREATE = (
@@ -57,7 +58,10 @@ def no_gcloud(tmp_path) -> dict:
         ),
         (
             ["logs", *WHERE, "--workdir", "gs://bkt/run", "--worker", "1"],
-            ["gcloud storage ls gs://bkt/run/logs/", "gcloud storage cat gs://bkt/run/logs/LAUNCH/worker-1.log"],
+            [
+                "gcloud storage ls gs://bkt/run/logs/",
+                "gcloud storage cat gs://bkt/run/logs/LAUNCH/worker-1.log",
+            ],
         ),
     ],
 )
@@ -114,7 +118,7 @@ def test_train_dry_run_runs_the_venv_python_with_the_compile_cache_and_the_commi
         'data.paths=gs://bkt/data >> "$log" 2>&1'
     ) in ssh
     (launch,) = re.findall(r"log=\$HOME/autext-train-([0-9TZ-]+)\.log", ssh)  # one log per launch, kept
-    assert f"gcloud storage cp \"$log\" gs://bkt/runs/upb/logs/{launch}/worker-\"$w\".log" in ssh
+    assert f'gcloud storage cp "$log" gs://bkt/runs/upb/logs/{launch}/worker-"$w".log' in ssh
     assert "while sleep 60; do copy; done" in ssh  # copied every minute and when training exits
     assert 'export AUTEXT_JAX_SOURCE_COMMIT="$(cat ~/autext_jax/.source-commit' in ssh
     assert "kill -TERM" in ssh and "/dev/accel" in ssh  # an earlier run and TPU holders are cleared first
@@ -209,15 +213,36 @@ def test_watch_relaunches_a_crash_on_an_active_slice_then_gives_up(tmp_path, sta
 
 
 def test_a_crash_on_the_last_allowed_launch_makes_worker_0_delete_the_slice(tmp_path, stand_in):
-    """Without ``--keep``, the launch that may not be relaunched deletes its own slice when it fails."""
+    """Without ``--keep``, the launch that may not be relaunched deletes its own slice when it fails,
+    ``watch`` gone or not (here gone: killed once the run is going, before the crash)."""
     fake = FakeCloud(tmp_path / "cloud")
-    proc = watch(fake, stand_in, "--max-restarts", "1", script="crash@10")
-    assert proc.returncode == 1, proc.stderr
-    assert not (fake.root / "qr" / "upb.json").exists()
+    argv = [sys.executable, "-m", "tools.cloud_tpu", *watch_argv(stand_in, "--max-restarts", "0")]
+    argv[-1] = "gatedcrash@10"
+    log = tmp_path / "watch.log"
+    proc = subprocess.Popen(
+        argv, env=dict(fake.env(), PYTHONPATH=str(REPO)), stdout=log.open("w"), stderr=log.open("a")
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while '"running"' not in _read(fake.root / "gcs" / "bkt" / "run" / "run_status.json"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    (fake.root / "gcs" / "bkt" / "run" / "go").write_text("crash now")
+    while (fake.root / "qr" / "upb.json").exists():
+        assert time.monotonic() < deadline + 60, "worker 0 did not delete its slice"
+        time.sleep(0.1)
     assert [c[3] for c in fake.calls(workers=True) if c[:2] == ["compute", "tpus"]] == ["delete"]
-    assert "worker 0 deletes the slice" in (fake.root / "gcs" / "bkt" / "run" / "logs").joinpath(
-        sorted(p.name for p in (fake.root / "gcs" / "bkt" / "run" / "logs").iterdir())[-1], "worker-0.log"
-    ).read_text()
+    (launch,) = (fake.root / "gcs" / "bkt" / "run" / "logs").iterdir()
+    assert (
+        "the run ended for good (exit 1): worker 0 deletes the slice" in (launch / "worker-0.log").read_text()
+    )
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
 
 
 def test_progress_on_the_last_allowed_launch_keeps_the_slice(tmp_path, stand_in):

@@ -140,7 +140,10 @@ class Watch:
         self.beat.observe(status)
         if status and status.get("state") == "finished" and self._after_launch():
             if actions.exists(f"{self.export}/config.json", self.run):
-                self._finish(f"run finished at step {status.get('step')}, export in {self.export}")
+                alive = state is not None and state.name == "ACTIVE"  # else worker 0 deleted it already
+                self._finish(
+                    f"run finished at step {status.get('step')}, export in {self.export}", save_logs=alive
+                )
                 return True
         if state is None:
             return False
@@ -307,7 +310,7 @@ class Watch:
         self._launch(setup=False)
 
     def _finish(self, why: str, *, save_logs: bool = False) -> None:
-        if save_logs:  # a finished run's workers copied their logs as training exited
+        if save_logs:
             actions.save_logs(self.args, self.run)
         if self.args.keep:
             log(f"{why}; keeping slice {self.args.name} (--keep)")
