@@ -55,7 +55,7 @@ def beats(seconds):
 status("running")
 if action == "gatedcrash":
     while get("go") is None:
-        time.sleep(0.2)
+        beats(0.3)
 if action in ("crash", "gatedcrash"):
     status("failed", 1)
     sys.exit(1)
