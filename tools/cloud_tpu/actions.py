@@ -82,9 +82,10 @@ def state(args: argparse.Namespace, run: Gcloud) -> State:
     return run.retry("describe", attempt, tries=args.describe_tries, backoff=args.backoff)
 
 
-def create(args: argparse.Namespace, run: Gcloud) -> None:
-    """Queue the slice and wait until its TPU VMs exist. "already exists" (the previous one is still being
-    deleted) is retried; a request that ends FAILED or SUSPENDED while provisioning raises."""
+def create(args: argparse.Namespace, run: Gcloud, *, wait: bool = True) -> None:
+    """Queue the slice and (``wait``) wait until its TPU VMs exist. "already exists" (the previous one is
+    still being deleted) is retried; a request that ends FAILED or SUSPENDED while provisioning raises.
+    ``watch`` does not wait here: its own polls see the provisioning states (and its deadline holds)."""
     run.retry(
         "create",
         lambda: run(commands.create(args)),
@@ -97,7 +98,8 @@ def create(args: argparse.Namespace, run: Gcloud) -> None:
             or "INTERNAL" in err.stderr
         ),
     )
-    wait_active(args, run)
+    if wait:
+        wait_active(args, run)
 
 
 def wait_active(args: argparse.Namespace, run: Gcloud) -> None:

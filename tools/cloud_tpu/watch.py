@@ -97,6 +97,7 @@ class Watch:
     stopped_polls: int = 0
     suspending_since: float | None = None
     seen_slice: bool = False  # a slice missing from the start is created, not counted as re-created
+    fresh_slice: bool = False  # created by this watch, nothing launched on it yet
     shipment: actions.Shipment | None = None
     deadline: float | None = None  # unix time
     beat: Heartbeat = field(init=False)
@@ -189,9 +190,8 @@ class Watch:
     def _recreate(self, state: str) -> None:
         if state == "NOT_FOUND" and not self.seen_slice:
             log(f"slice {self.args.name} does not exist: creating it")
-            self._attempt("create", lambda: actions.create(self.args, self.run))
+            self._create()
             self.seen_slice = True
-            self._launch(setup=True)
             return
         if self.recreates >= self.args.max_recreates:
             self._give_up(f"slice {self.args.name} is {state} and was re-created {self.recreates} times")
@@ -201,8 +201,12 @@ class Watch:
         self.launched_at = None
         if state != "NOT_FOUND":
             actions.delete(self.args, self.run)
-        self._attempt("create", lambda: actions.create(self.args, self.run))
-        self._launch(setup=True)
+        self._create()
+
+    def _create(self) -> None:
+        """Request the slice; the next polls wait for it, and launch on it once it is ACTIVE."""
+        self._attempt("create", lambda: actions.create(self.args, self.run, wait=False))
+        self.launched_at, self.fresh_slice = None, True
 
     def _attempt(self, what: str, step: Callable[[], None]) -> None:
         """``step`` (already retried ``--tries`` times inside); a failure counts toward ``--max-failures``."""
@@ -230,10 +234,14 @@ class Watch:
         log(f"launching training on every worker of {self.args.name}")
         self._attempt("launch", lambda: actions.train(self.args, self.run, launch))
         self.launched_at, self.stopped_polls, self.last_report = self.clock(), 0, ()
-        self.watching_since = None
+        self.watching_since, self.fresh_slice = None, False
         self.beat.reset(before)
 
     def _on_active(self, status: dict | None) -> None:
+        if self.launched_at is None and self.fresh_slice:
+            log(f"slice {self.args.name} is ACTIVE (created by watch): setting up and launching")
+            self._launch(setup=True)
+            return
         if self.launched_at is None:  # watch just started, or the slice was re-created outside of it
             self._adopt_or_launch(status)
             return
