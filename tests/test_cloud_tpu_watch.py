@@ -6,6 +6,7 @@ when ``watch`` is gone, and at the ``--max-hours`` deadline."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -291,3 +292,25 @@ def test_watch_dry_run_prints_every_command_and_a_valid_launch_script(stand_in, 
     inner = subprocess.run(["bash", "-c", f"printf %s {quoted}"], capture_output=True, text=True).stdout
     assert subprocess.run(["bash", "-n", "-c", inner]).returncode == 0, inner  # valid shell
     assert "queued-resources delete upb --zone=us-west4-a --force --quiet --async" in inner
+
+
+def test_every_re_create_installs_the_code_packed_when_watch_started(fake, stand_in, tmp_path):
+    """An edit committed overnight is not shipped into the resumed run."""
+    head = subprocess.run(["git", "-C", str(stand_in), "rev-parse", "HEAD"], capture_output=True, text=True)
+    log = tmp_path / "watch.log"
+    proc = _background_watch(fake, stand_in, log, script="beat@10 finish@20")
+    try:
+        _wait("the run to start", lambda: (_status_or_none(fake) or {}).get("state") == "running")
+        (stand_in / "autext_jax" / "overnight.py").write_text("EDITED = True\n")
+        git = ["git", "-C", str(stand_in), "-c", "user.name=t", "-c", "user.email=t@t"]
+        subprocess.run([*git, "add", "-A"], check=True)
+        subprocess.run([*git, "commit", "-qm", "an edit made overnight"], check=True)
+        fake.preempt("upb", grace=0)
+        assert proc.wait(timeout=240) == 0, log.read_text()
+    finally:
+        proc.kill()
+    text = log.read_text()
+    assert "slice upb is SUSPENDED: re-creating it (1 of 50)" in text
+    assert gcs(fake, "launches") == "2" and status(fake)["step"] == 20  # the run after the re-create
+    for worker in ("0", "1"):
+        assert json.loads(gcs(fake, f"seen-{worker}.json"))["commit"] == head.stdout.strip()
