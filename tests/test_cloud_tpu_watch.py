@@ -101,7 +101,9 @@ def test_a_run_killed_on_an_active_slice_is_relaunched_and_a_live_one_adopted(fa
     text = log.read_text()
     print("\n".join(_decisions(text)))
     print(f"death to relaunch decision: {took:.1f} s (--stale-after 4, --poll 0.2)")
-    assert 3.0 < took < 60, text  # not before the heartbeat went silent for --stale-after; and it came
+    # Not long before the heartbeat went silent for --stale-after (a write in flight at the kill may
+    # still land, a little after it), and it came.
+    assert 2.0 < took < 60, text
     assert (
         "slice upb is ACTIVE and the status says running (step 10): adopting it only if its heartbeat" in text
     )

@@ -257,7 +257,10 @@ def save_logs(args: argparse.Namespace, run: Gcloud) -> None:
     try:
         run(commands.ssh(args, remote.copy_logs(logs_url(args))))
     except GcloudError as err:
-        log(f"could not copy the worker logs to {logs_url(args)}: {err}")
+        log(
+            f"could not copy the worker logs to {logs_url(args)} now (each worker also copies its own every "
+            f"minute and when training exits): {err}"
+        )
 
 
 def worker_count(args: argparse.Namespace, run: Gcloud) -> int:
