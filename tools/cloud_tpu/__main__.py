@@ -3,7 +3,8 @@
 Every subcommand runs ``gcloud``; ``--dry-run`` prints the commands instead (one per line, ready to
 paste). ``setup`` ships the local checkout (its committed tree; ``--include-uncommitted`` adds the working
 tree's changes) or clones ``--repo``; ``train`` starts the same detached command on every worker;
-``watch`` keeps a run going until its export exists::
+``watch`` keeps a run going until it is finished (see ``watch.py``; ``preflight.py`` checks everything it
+can before the slice is created)::
 
     python -m tools.cloud_tpu create --name upb --zone us-west4-a --accelerator-type v5litepod-16 --spot
     python -m tools.cloud_tpu setup --name upb --zone us-west4-a
