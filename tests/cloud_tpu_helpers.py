@@ -6,8 +6,9 @@ action (the last one repeats). ``crash@S``: running at step S, then failed (exit
 export, then finished (exit 0); ``beat@S``: running at step S with a heartbeat every 0.3 s until
 killed; ``gatedfinish@S``/``gatedcrash@S``: heartbeats until the test writes ``WORKDIR/go``, then
 finishes/crashes; ``slowexport@S``: writes the export, heartbeats for 3 s (calibration and the rest of
-the export), then finished. Each launch appends ``stand-in launch K: ACTION`` to its log, and every
-worker records what it saw in ``WORKDIR/seen-I.json``.
+the export), then finished. ``--skew S`` offsets its clock (the ``updated`` it writes). Each launch
+appends ``stand-in launch K: ACTION`` to its log, and every worker records what it saw in
+``WORKDIR/seen-I.json``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ STAND_IN_TRAIN = '''"""Stand-in for training: reports as training does, followin
 import json, os, subprocess, sys, time
 a = sys.argv[1:]
 workdir, script = a[a.index("--workdir") + 1], a[a.index("--script") + 1].split()
+skew = float(a[a.index("--skew") + 1]) if "--skew" in a else 0.0  # this VM's clock is off by that much
 def put(name, text):
     subprocess.run(["gcloud", "storage", "cp", "-", f"{workdir}/{name}"], input=text.encode(), check=True)
 def get(name):
@@ -45,7 +47,7 @@ def status(state, code=None):
     global beat
     beat += 1
     put("run_status.json", json.dumps({"state": state, "exit_code": code, "step": int(step),
-        "updated": time.time(), "beat": beat, "host": "w0",
+        "updated": time.time() + skew, "beat": beat, "host": "w0",
         "commit": os.environ.get("AUTEXT_JAX_SOURCE_COMMIT"), "export": None}))
 def beats(seconds):
     end = time.monotonic() + seconds
@@ -103,7 +105,7 @@ def tool(*args: str, env: dict, cwd: Path = REPO, timeout: float = 120) -> subpr
     )
 
 
-def watch_argv(stand_in: Path, *extra: str, script: str = "finish@10") -> list[str]:
+def watch_argv(stand_in: Path, *extra: str, script: str = "finish@10", skew: float = 0.0) -> list[str]:
     """``watch`` on the fake slice, fast: polls of 0.2 s, heartbeats judged over 4 s."""
     return [
         "watch",
@@ -127,6 +129,8 @@ def watch_argv(stand_in: Path, *extra: str, script: str = "finish@10") -> list[s
         "--",
         "--script",
         script,
+        "--skew",
+        str(skew),
     ]
 
 

@@ -55,8 +55,8 @@ def _wait(what: str, check, timeout: float = 120.0, every: float = 0.1):
         time.sleep(every)
 
 
-def _background_watch(fake: FakeCloud, stand_in: Path, log: Path, *extra: str, script: str):
-    argv = [sys.executable, "-m", "tools.cloud_tpu", *watch_argv(stand_in, *extra, script=script)]
+def _background_watch(fake: FakeCloud, stand_in: Path, log: Path, *extra: str, script: str, skew: float = 0):
+    argv = [sys.executable, "-m", "tools.cloud_tpu", *watch_argv(stand_in, *extra, script=script, skew=skew)]
     return subprocess.Popen(
         argv,
         env=dict(fake.env(), PYTHONPATH=str(REPO)),
@@ -78,17 +78,27 @@ def _decisions(text: str) -> list[str]:
 
 
 def test_a_run_killed_on_an_active_slice_is_relaunched_and_a_live_one_adopted(fake, stand_in, tmp_path):
-    """A run started before ``watch`` is adopted once its heartbeat moves; kill -9 of its process leaves
-    ``running`` in the status, and the silent heartbeat gets it relaunched after ``--stale-after``."""
+    """A run started before ``watch`` is adopted once its heartbeat moves — though its VM's clock is an
+    hour behind (no clocks are compared); kill -9 of its process leaves ``running`` in the status, and the
+    silent heartbeat gets it relaunched after ``--stale-after``."""
     _create(fake)
     assert tool("setup", *WHERE, "--source", str(stand_in), env=fake.env(), timeout=300).returncode == 0
     started = tool(
-        "train", *WHERE, "--workdir", "gs://bkt/run", "--", "--script", "beat@10 finish@20", env=fake.env()
+        "train",
+        *WHERE,
+        "--workdir",
+        "gs://bkt/run",
+        "--",
+        "--script",
+        "beat@10 finish@20",
+        "--skew",
+        "-3600",
+        env=fake.env(),
     )
     assert started.returncode == 0, started.stderr
     _wait("the run's first heartbeats", lambda: (_status_or_none(fake) or {}).get("beat", 0) >= 2)
     log = tmp_path / "watch.log"
-    proc = _background_watch(fake, stand_in, log, script="beat@10 finish@20")
+    proc = _background_watch(fake, stand_in, log, script="beat@10 finish@20", skew=-3600)
     try:
         _wait("watch adopting the run", lambda: "watching the run going" in log.read_text())
         assert fake.kill("upb", "-m", "autext_jax.train") == 1  # worker 0's training process (OOM, kill -9)
