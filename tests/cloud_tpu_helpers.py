@@ -6,9 +6,9 @@ action (the last one repeats). ``crash@S``: running at step S, then failed (exit
 export, then finished (exit 0); ``beat@S``: running at step S with a heartbeat every 0.3 s until
 killed; ``gatedfinish@S``/``gatedcrash@S``: heartbeats until the test writes ``WORKDIR/go``, then
 finishes/crashes; ``slowexport@S``: writes the export, heartbeats for 3 s (calibration and the rest of
-the export), then finished. ``--skew S`` offsets its clock (the ``updated`` it writes). Each launch
-appends ``stand-in launch K: ACTION`` to its log, and every worker records what it saw in
-``WORKDIR/seen-I.json``.
+the export), then finished; ``importerror@0``: exits 1 before any status. ``--skew S`` offsets its
+clock (the ``updated`` it writes). Each launch appends ``stand-in launch K: ACTION`` to its log, and
+every worker records what it saw in ``WORKDIR/seen-I.json``.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ if worker != "0":
 launch = int(get("launches") or 0) + 1
 put("launches", str(launch))
 action, step = script[min(launch, len(script)) - 1].split("@")
+if action == "importerror":
+    sys.exit("ImportError: the shipped code cannot start")
 print(f"stand-in launch {launch}: {action}", flush=True)
 beat = 0
 def status(state, code=None):

@@ -216,8 +216,8 @@ def test_a_crash_on_the_last_allowed_launch_makes_worker_0_delete_the_slice(tmp_
     """Without ``--keep``, the launch that may not be relaunched deletes its own slice when it fails,
     ``watch`` gone or not (here gone: killed once the run is going, before the crash)."""
     fake = FakeCloud(tmp_path / "cloud")
-    argv = [sys.executable, "-m", "tools.cloud_tpu", *watch_argv(stand_in, "--max-restarts", "0")]
-    argv[-1] = "gatedcrash@10"
+    restarts = ("--max-restarts", "0")
+    argv = [sys.executable, "-m", "tools.cloud_tpu", *watch_argv(stand_in, *restarts, script="gatedcrash@10")]
     log = tmp_path / "watch.log"
     proc = subprocess.Popen(
         argv, env=dict(fake.env(), PYTHONPATH=str(REPO)), stdout=log.open("w"), stderr=log.open("a")
@@ -239,6 +239,17 @@ def test_a_crash_on_the_last_allowed_launch_makes_worker_0_delete_the_slice(tmp_
     assert (
         "the run ended for good (exit 1): worker 0 deletes the slice" in (launch / "worker-0.log").read_text()
     )
+    assert (launch / "slice-deleted.txt").read_text().strip() == "the run ended for good (exit 1)"
+
+
+def test_a_crash_before_any_status_on_the_last_launch_ends_watch_without_a_re_create(tmp_path, stand_in):
+    """Worker 0 deleted the slice (the run ended for good before writing a status, e.g. an import error):
+    watch reads why and gives up, instead of taking the gone slice for a lost one and re-creating it."""
+    fake = FakeCloud(tmp_path / "cloud")
+    proc = watch(fake, stand_in, "--max-restarts", "0", script="importerror@0")
+    assert proc.returncode == 1, proc.stderr
+    assert "giving up: worker 0 deleted slice upb: the run ended for good (exit 1)" in proc.stderr
+    assert verbs(fake).count("create") == 1 and "re-creating" not in proc.stderr
 
 
 def _read(path: Path) -> str:

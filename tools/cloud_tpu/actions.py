@@ -251,6 +251,14 @@ def train(args: argparse.Namespace, run: Gcloud, launch: remote.Launch | None = 
     log(f"launch {launch.launch_id}: worker logs go to {launch.logs_url}/{launch.launch_id}/")
 
 
+def slice_deleted(args: argparse.Namespace, run: Gcloud, launch_id: str) -> str | None:
+    """Why worker 0 of that launch deleted the slice itself (``None``: it did not)."""
+    try:
+        return run(commands.storage_cat(f"{logs_url(args)}/{launch_id}/{remote.SLICE_DELETED}"), capture=True)
+    except GcloudError:
+        return None
+
+
 def save_logs(args: argparse.Namespace, run: Gcloud) -> None:
     """Every worker copies its train logs to ``WORKDIR/logs`` now (before a relaunch or a delete);
     a failure is logged, never fatal (the workers also copy them every minute)."""

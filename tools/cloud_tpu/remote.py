@@ -19,6 +19,7 @@ TRAIN_LOG, TRAIN_PID = "~/autext-train.log", "~/autext-train.pid"
 SCORE_LOG, SCORE_PID = "~/autext-score.log", "~/autext-score.pid"
 PYTHON_VERSION = "3.11"
 LOG_COPY_S = 60  # how often each worker copies its log to WORKDIR/logs while training runs
+SLICE_DELETED = "slice-deleted.txt"  # in WORKDIR/logs/LAUNCH/: why worker 0 deleted the slice
 # This worker's index: the fake slice (and some images) export it; a TPU VM's metadata always has it.
 WORKER = (
     "${TPU_WORKER_ID:-$(curl -sf -m 5 -H Metadata-Flavor:Google http://metadata.google.internal/"
@@ -125,6 +126,11 @@ def _supervised(argv: list[str], env: dict[str, str], launch: Launch) -> str:
     step_now = f"$(gcloud storage cat {status} 2>/dev/null | python3 -c {read_step} 2>/dev/null || echo -1)"
     # no progress in this launch: the status's step is not past the one watch last saw (none seen: any)
     no_progress = "true" if launch.progress_step is None else f'[ "{step_now}" -le {launch.progress_step} ]'
+    marker = shlex.quote(f"{launch.logs_url.rstrip('/')}/{launch.launch_id}/{SLICE_DELETED}")
+
+    def said(why: str) -> str:  # worker 0 leaves word of why it deleted the slice (``watch`` reads it)
+        return f'echo "{why}" | gcloud storage cp - {marker} >/dev/null 2>&1'
+
     lines = [
         "trap : TERM INT",  # a preemption's SIGTERM: let training save, then copy its log
         f'w={WORKER}; log={launch.log}; ln -sf "$log" $HOME/autext-train.log',
@@ -135,7 +141,7 @@ def _supervised(argv: list[str], env: dict[str, str], launch: Launch) -> str:
         lines.append(
             f'if [ "$w" = 0 ]; then ( while [ "$(date +%s)" -lt {launch.deadline} ]; do sleep 5; done; '
             'echo "cloud_tpu: the --max-hours deadline passed: worker 0 deletes the slice" >> "$log"; '
-            f"copy; {delete} ) & fi"
+            f"copy; {said('the --max-hours deadline passed')}; {delete} ) & fi"
         )
     lines += [
         f'echo "cloud_tpu: launch {launch.launch_id} on worker $w" >> "$log"',
@@ -146,7 +152,8 @@ def _supervised(argv: list[str], env: dict[str, str], launch: Launch) -> str:
         failed = f'[ {on_failure} = 1 ] && [ "$code" != 130 ] && [ "$code" != 143 ] && {no_progress}'
         lines.append(
             f'if [ "$w" = 0 ] && {{ [ "$code" = 0 ] || {{ {failed}; }}; }}; then echo "cloud_tpu: the run '
-            f'ended for good (exit $code): worker 0 deletes the slice" >> "$log"; copy; {delete}; fi'
+            f'ended for good (exit $code): worker 0 deletes the slice" >> "$log"; copy; '
+            f"{said('the run ended for good (exit $code)')}; {delete}; fi"
         )
     return " ".join(line if line.endswith("&") else f"{line};" for line in lines)
 

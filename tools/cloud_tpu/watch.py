@@ -98,6 +98,7 @@ class Watch:
     suspending_since: float | None = None
     seen_slice: bool = False  # a slice missing from the start is created, not counted as re-created
     fresh_slice: bool = False  # created by this watch, nothing launched on it yet
+    launch_id: str | None = None  # our newest launch
     shipment: actions.Shipment | None = None
     deadline: float | None = None  # unix time
     beat: Heartbeat = field(init=False)
@@ -160,12 +161,10 @@ class Watch:
             log(f"slice {self.args.name} is FAILED: {state.reason or 'Google gave no reason'}")
             if state.permanent:
                 self._give_up(f"the slice FAILED for a reason re-creating cannot fix: {state.reason}")
-        if state.name in actions.GONE and self._ended_for_good(status):
-            step, code = status.get("step"), status.get("exit_code")
-            self._give_up(
-                f"run failed at step {step} (exit {code}) on its last allowed launch (--max-restarts "
-                f"{self.args.max_restarts}) and worker 0 deleted slice {self.args.name}"
-            )
+        if state.name in actions.GONE and self.launch_id is not None:
+            why = actions.slice_deleted(self.args, self.run, self.launch_id)
+            if why:  # its run ended for good (a failure on the last launch), or the deadline passed
+                self._give_up(f"worker 0 deleted slice {self.args.name}: {why}")
         if state.name in actions.GONE or state.name == "SUSPENDING":
             self._recreate(state.name)
         elif state.name in actions.PROVISIONING:
@@ -175,13 +174,6 @@ class Watch:
         else:
             log(f"slice {self.args.name} is {state.name}: not acting on it")
         return False
-
-    def _ended_for_good(self, status: dict | None) -> bool:
-        """Our launch failed with no relaunch left (worker 0 then deletes the slice itself)."""
-        if not status or status.get("state") != "failed" or self.launched_at is None or not self.beat.moved():
-            return False
-        self._note_progress(status.get("step"))
-        return self.restarts >= self.args.max_restarts
 
     def _after_launch(self) -> bool:
         """A ``finished`` status counts if it was written after our launch, or found finished at start."""
@@ -233,6 +225,7 @@ class Watch:
         before = actions.run_status(self.args, self.run)
         log(f"launching training on every worker of {self.args.name}")
         self._attempt("launch", lambda: actions.train(self.args, self.run, launch))
+        self.launch_id = launch.launch_id
         self.launched_at, self.stopped_polls, self.last_report = self.clock(), 0, ()
         self.watching_since, self.fresh_slice = None, False
         self.beat.reset(before)
