@@ -9,9 +9,13 @@ per created slice; CPU collectives through gloo). ``scp`` copies into the worker
 reads and writes ``gs://`` on the GCS emulator when ``STORAGE_EMULATOR_HOST`` is set, else under
 ``root/gcs``. ``root/plan.json`` makes it misbehave: ``describe_failures`` (that many describes answer
 UNAVAILABLE), ``create_exists`` (that many creates answer ALREADY_EXISTS), ``provision_polls`` (describes
-that answer ACCEPTED/PROVISIONING before ACTIVE), ``workers``. ``FakeCloud.preempt`` is a Spot
-preemption: SUSPENDING and SIGTERM to the workers' processes, SUSPENDED (and SIGKILL) ``grace`` s later.
-Every call is appended to ``root/calls.jsonl``.
+that answer ACCEPTED/PROVISIONING before ACTIVE), ``workers``, ``create_fails`` (``{"code", "message"}``:
+created requests end FAILED with that ``failedData``), ``ssh_fails`` (an ssh whose command contains this
+text exits 1, as a failing install would), ``ssh_hangs`` (``[text, n]``: the next n such ssh calls never
+return), ``account`` (what ``auth list`` prints; empty: logged out). ``FakeCloud.preempt`` is a Spot
+preemption: SUSPENDING and SIGTERM to the workers' processes, SUSPENDED (and SIGKILL) ``grace`` s later;
+``FakeCloud.kill`` is a crash: SIGKILL to the workers' processes with given words in their argv.
+Every call is appended to ``root/calls.jsonl`` (made on a worker: ``root/calls-workers.jsonl``).
 """
 
 from __future__ import annotations
@@ -50,15 +54,38 @@ class FakeCloud:
         return env
 
     def plan(self, **settings) -> None:
-        plan = {"describe_failures": 0, "create_exists": 0, "provision_polls": 0, "workers": 2, **settings}
+        plan = {
+            "describe_failures": 0,
+            "create_exists": 0,
+            "provision_polls": 0,
+            "workers": 2,
+            "create_fails": None,
+            "ssh_fails": None,
+            "ssh_hangs": None,
+            "account": "you@example.com",
+            **settings,
+        }
         (self.root / "plan.json").write_text(json.dumps(plan))
 
-    def calls(self) -> list[list[str]]:
-        path = self.root / "calls.jsonl"
+    def calls(self, workers: bool = False) -> list[list[str]]:
+        """The launcher's gcloud calls (``workers``: the calls made on the workers instead)."""
+        path = self.root / ("calls-workers.jsonl" if workers else "calls.jsonl")
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def worker(self, name: str, i: int) -> Path:
         return self.root / "tpu" / name / f"worker-{i}"
+
+    def kill(self, name: str, *words: str) -> int:
+        """SIGKILL the slice's processes whose argv has ``words`` in a row (OOM, kill -9); how many."""
+        killed, pattern = 0, b"\0".join([b"", *(w.encode() for w in words), b""])
+        for pid in _worker_pids(self.root, name):
+            try:
+                if pattern in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+            except OSError:
+                pass
+        return killed
 
     def preempt(self, name: str, grace: float = 30.0) -> None:
         qr = _load_qr(self.root, name)
@@ -133,6 +160,7 @@ def _queued_resources(root: Path, plan: dict, verb: str, name: str, args: list[s
                 "workers": workers,
                 "accelerator": _flag(args, "accelerator-type"),
                 "job": random.randrange(1, 4000),
+                "failed": plan["create_fails"],
             },
         )
         return
@@ -147,13 +175,16 @@ def _queued_resources(root: Path, plan: dict, verb: str, name: str, args: list[s
         _qr_path(root, name).unlink()
         return
     if qr["state"] in ("ACCEPTED", "PROVISIONING"):
-        qr["state"] = "PROVISIONING" if qr["polls_left"] > 0 else "ACTIVE"
+        qr["state"] = "PROVISIONING" if qr["polls_left"] > 0 else "FAILED" if qr.get("failed") else "ACTIVE"
         qr["polls_left"] -= 1
     if qr["state"] == "SUSPENDING" and time.time() >= qr["suspend_at"]:
         _signal_workers(root, name, signal.SIGKILL)  # the VM stopped
         qr["state"] = "SUSPENDED"
     _save_qr(root, name, qr)
-    print(qr["state"])
+    state = {"state": qr["state"]}
+    if qr["state"] == "FAILED" and qr.get("failed"):
+        state["failedData"] = {"error": qr["failed"]}
+    print(json.dumps({"state": state}))
 
 
 def _worker_env(root: Path, name: str, qr: dict, i: int) -> dict:
@@ -183,7 +214,7 @@ def _workers(qr: dict, args: list[str]) -> list[int]:
     return list(range(qr["workers"])) if which == "all" else [int(which)]
 
 
-def _tpu_vm(root: Path, verb: str, args: list[str]) -> None:
+def _tpu_vm(root: Path, plan: dict, verb: str, args: list[str]) -> None:
     if verb == "scp":
         local, target = args[0], args[1]
         name, remote = target.split(":", 1)
@@ -201,6 +232,13 @@ def _tpu_vm(root: Path, verb: str, args: list[str]) -> None:
             shutil.copyfile(local, dest)
         return
     command = args[args.index("--command") + 1]
+    if plan["ssh_fails"] and plan["ssh_fails"] in command:
+        _fail(f"ssh: the command failed on worker 0 (it contains {plan['ssh_fails']!r})")
+    hang = plan["ssh_hangs"]
+    if hang and hang[1] > 0 and hang[0] in command:
+        hang[1] -= 1
+        _save_plan(root, plan)
+        time.sleep(3600)  # a stalled ssh: only its caller's timeout ends it
     procs = [
         subprocess.Popen(
             ["bash", "-c", command],
@@ -243,6 +281,37 @@ class _Bucket:
                 return None
             raise
 
+    def list(self, prefix: str) -> list[str]:
+        """Object names under ``prefix`` (a "folder" URL ending in /, or an object's own name)."""
+        bucket, name = self._split(prefix)
+        if not self.host:
+            base = self.local / bucket
+            found = (
+                [str(p.relative_to(base)) for p in base.rglob("*") if p.is_file()] if base.exists() else []
+            )
+        else:
+            import urllib.parse
+            import urllib.request
+
+            query = urllib.parse.urlencode({"prefix": name})
+            with urllib.request.urlopen(f"{self.host}/storage/v1/b/{bucket}/o?{query}") as r:
+                found = [item["name"] for item in json.loads(r.read()).get("items", [])]
+        folder = name.rstrip("/") + "/"
+        return sorted(n for n in found if n == name or n.startswith(folder) or not name)
+
+    def remove(self, url: str) -> None:
+        bucket, name = self._split(url)
+        if not self.host:
+            (self.local / bucket / name).unlink()
+            return
+        import urllib.parse
+        import urllib.request
+
+        quoted = urllib.parse.quote(name, safe="")
+        urllib.request.urlopen(
+            urllib.request.Request(f"{self.host}/storage/v1/b/{bucket}/o/{quoted}", method="DELETE")
+        ).read()
+
     def write(self, url: str, data: bytes) -> None:
         if not self.host:
             path = self.local / url.removeprefix("gs://")
@@ -262,19 +331,39 @@ class _Bucket:
 
 def _storage(verb: str, args: list[str]) -> None:
     bucket = _Bucket()
-    if verb in ("ls", "cat"):
+    if verb == "cat":
         data = bucket.read(args[0])
         if data is None:
             _fail("One or more URLs matched no objects.")
-        if verb == "cat":
-            sys.stdout.write(data.decode())
-        else:
+        sys.stdout.write(data.decode())
+        return
+    if verb == "ls":  # as gcloud lists: an object as itself, a folder as its children (sub-folders with /)
+        bucket_name, name = bucket._split(args[0])
+        names = bucket.list(args[0])
+        if not names:
+            _fail("One or more URLs matched no objects.")
+        if names == [name]:
             print(args[0])
+            return
+        folder = name.rstrip("/") + "/"
+        children = sorted(
+            {n[len(folder) :].split("/")[0] + ("/" if "/" in n[len(folder) :] else "") for n in names}
+        )
+        for child in children:
+            print(f"gs://{bucket_name}/{folder}{child}")
+        return
+    if verb == "rm":
+        if bucket.read(args[0]) is None:
+            _fail("One or more URLs matched no objects.")
+        bucket.remove(args[0])
         return
     if verb == "cp":
         src, dst = [a for a in args if not a.startswith("-") or a == "-"][-2:]
         if src == "-":
             bucket.write(dst, sys.stdin.buffer.read())
+            return
+        if Path(src).is_file():
+            bucket.write(dst, Path(src).read_bytes())
             return
         base = Path(src.removesuffix("/*"))
         for file in sorted(p for p in base.rglob("*") if p.is_file()):
@@ -285,22 +374,29 @@ def _storage(verb: str, args: list[str]) -> None:
 
 def main(argv: list[str]) -> None:
     root = Path(os.environ["FAKE_GCLOUD_ROOT"])
-    with open(root / "calls.jsonl", "a") as calls:
+    on_worker = "FAKE_GCLOUD_WORKER" in os.environ
+    with open(root / ("calls-workers.jsonl" if on_worker else "calls.jsonl"), "a") as calls:
         calls.write(json.dumps(argv) + "\n")
     plan = json.loads((root / "plan.json").read_text())
     try:
         if argv[:3] == ["compute", "tpus", "queued-resources"]:
             _queued_resources(root, plan, argv[3], argv[4], argv[5:])
         elif argv[:3] == ["compute", "tpus", "tpu-vm"]:
-            _tpu_vm(root, argv[3], argv[4:])
+            _tpu_vm(root, plan, argv[3], argv[4:])
         elif argv[:1] == ["storage"]:
             _storage(argv[1], argv[2:])
+        elif argv[:2] == ["auth", "list"]:
+            print(plan["account"])
         else:
             _fail(f"the fake gcloud does not know {' '.join(argv[:4])}", 2)
     finally:
-        tmp = root / f"plan.json.{os.getpid()}"
-        tmp.write_text(json.dumps(plan))
-        tmp.replace(root / "plan.json")
+        _save_plan(root, plan)
+
+
+def _save_plan(root: Path, plan: dict) -> None:
+    tmp = root / f"plan.json.{os.getpid()}"
+    tmp.write_text(json.dumps(plan))
+    tmp.replace(root / "plan.json")
 
 
 if __name__ == "__main__":

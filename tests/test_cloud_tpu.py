@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -14,28 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.cloud_tpu_helpers import REPO, WHERE, gcs, make_stand_in, tool, verbs, watch, watch_argv
 from tests.fake_gcloud import FakeCloud
 
-REPO = Path(__file__).resolve().parent.parent
-WHERE = ["--name", "upb", "--zone", "us-west4-a"]
 CREATE = (
     "gcloud compute tpus queued-resources create upb --node-id=upb --zone=us-west4-a "
     "--accelerator-type=v5litepod-16 --runtime-version=v2-alpha-tpuv5-lite --spot"
 )
-STATE = "gcloud compute tpus queued-resources describe upb --zone=us-west4-a '--format=value(state.state)'"
+STATE = "gcloud compute tpus queued-resources describe upb --zone=us-west4-a '--format=json(state)'"
 DELETE = "gcloud compute tpus queued-resources delete upb --zone=us-west4-a --force --quiet"
-
-
-def tool(*args: str, env: dict, cwd: Path = REPO, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(env, PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, "-m", "tools.cloud_tpu", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture
@@ -64,8 +52,15 @@ def no_gcloud(tmp_path) -> dict:
         (
             ["logs", *WHERE, "--worker", "2", "--lines", "20", "--follow", "--file", "score"],
             [
-                "gcloud compute tpus tpu-vm ssh upb --zone=us-west4-a --worker=2 --command 'tail -F -n 20 "
-                "~/autext-score.log'"
+                "gcloud compute tpus tpu-vm ssh upb --zone=us-west4-a --worker=2 --quiet "
+                "--strict-host-key-checking=no --command 'tail -F -n 20 ~/autext-score.log'"
+            ],
+        ),
+        (
+            ["logs", *WHERE, "--workdir", "gs://bkt/run", "--worker", "1"],
+            [
+                "gcloud storage ls gs://bkt/run/logs/",
+                "gcloud storage cat gs://bkt/run/logs/LAUNCH/worker-1.log",
             ],
         ),
     ],
@@ -85,9 +80,13 @@ def test_setup_dry_run_ships_the_committed_checkout_and_installs_with_uv(no_gclo
     archive, scp, ssh = proc.stdout.splitlines()
     assert archive.startswith(f"git -C {REPO} archive --format=tar.gz -o ") and archive.endswith(head.strip())
     assert scp.startswith("gcloud compute tpus tpu-vm scp ") and scp.endswith(
-        "/autext-src.tar.gz upb:autext-src.tar.gz --zone=us-west4-a --worker=all"
+        "/autext-src.tar.gz upb:autext-src.tar.gz --zone=us-west4-a --worker=all --quiet "
+        "--strict-host-key-checking=no"  # never a prompt (passphrase, a re-created slice's new host key)
     )
-    assert ssh.startswith("gcloud compute tpus tpu-vm ssh upb --zone=us-west4-a --worker=all --command ")
+    assert ssh.startswith(
+        "gcloud compute tpus tpu-vm ssh upb --zone=us-west4-a --worker=all --quiet "
+        "--strict-host-key-checking=no --command "
+    )
     for part in (
         f"echo {head.strip()} > ~/autext_jax/.source-commit",
         "uv venv --quiet --python 3.11 ~/autext-venv",
@@ -111,14 +110,19 @@ def test_train_dry_run_runs_the_venv_python_with_the_compile_cache_and_the_commi
     )
     assert proc.returncode == 0, proc.stderr
     (ssh,) = proc.stdout.splitlines()
-    assert "--worker=all" in ssh
+    assert "--worker=all --quiet --strict-host-key-checking=no" in ssh
+    assert "nohup setsid bash -c" in ssh and ssh.endswith("& echo $! > ~/autext-train.pid'")
     assert (
-        "nohup setsid ~/autext-venv/bin/python -m autext_jax.train --config configs/upb_mtl.py --workdir "
+        "~/autext-venv/bin/python -m autext_jax.train --config configs/upb_mtl.py --workdir "
         "gs://bkt/runs/upb --distributed auto --compile-cache gs://bkt/runs/upb/compile_cache --set "
-        "data.paths=gs://bkt/data > ~/autext-train.log"
+        'data.paths=gs://bkt/data >> "$log" 2>&1'
     ) in ssh
+    (launch,) = re.findall(r"log=\$HOME/autext-train-([0-9TZ-]+)\.log", ssh)  # one log per launch, kept
+    assert f'gcloud storage cp "$log" gs://bkt/runs/upb/logs/{launch}/worker-"$w".log' in ssh
+    assert "while sleep 60; do copy; done" in ssh  # copied every minute and when training exits
     assert 'export AUTEXT_JAX_SOURCE_COMMIT="$(cat ~/autext_jax/.source-commit' in ssh
     assert "kill -TERM" in ssh and "/dev/accel" in ssh  # an earlier run and TPU holders are cleared first
+    assert "queued-resources delete" not in ssh  # only watch (without --keep) makes worker 0 delete
 
 
 def test_score_dry_run_gives_each_worker_its_shard(no_gcloud):
@@ -164,87 +168,10 @@ def test_usage_errors_are_one_line_exit_2(args, message, no_gcloud):
 
 # --- the simulated slice -------------------------------------------------------------------------------
 
-STAND_IN_TRAIN = '''"""Stand-in for training: reports as training does; the first CRASHES launches fail."""
-import json, os, subprocess, sys, time
-a = sys.argv[1:]
-workdir, crashes = a[a.index("--workdir") + 1], int(a[a.index("--crashes") + 1])
-def put(name, text):
-    subprocess.run(["gcloud", "storage", "cp", "-", f"{workdir}/{name}"], input=text.encode(), check=True)
-def get(name):
-    p = subprocess.run(["gcloud", "storage", "cat", f"{workdir}/{name}"], capture_output=True, text=True)
-    return p.stdout if p.returncode == 0 else None
-worker = os.environ["TPU_WORKER_ID"]
-put(f"seen-{worker}.json", json.dumps({"argv": a, "commit": os.environ.get("AUTEXT_JAX_SOURCE_COMMIT"),
-    "python": sys.version_info[:2], "exe": sys.executable}))
-if worker != "0":
-    sys.exit(0)
-launch = int(get("launches") or 0) + 1
-put("launches", str(launch))
-def status(state, code=None):
-    put("run_status.json", json.dumps({"state": state, "exit_code": code, "step": launch * 10,
-        "updated": time.time(), "host": "w0", "commit": os.environ.get("AUTEXT_JAX_SOURCE_COMMIT"),
-        "export": None}))
-status("running")
-if launch <= crashes:
-    status("failed", 1)
-    sys.exit(1)
-put("export/config.json", "{}")
-status("finished", 0)
-'''
-
 
 @pytest.fixture
 def stand_in(tmp_path) -> Path:
-    """A git checkout of a dependency-free project whose ``autext_jax.train`` is the stand-in above."""
-    root = tmp_path / "checkout"
-    (root / "autext_jax" / "train").mkdir(parents=True)
-    (root / "pyproject.toml").write_text(
-        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
-        '[project]\nname = "stand-in"\nversion = "0"\n[project.optional-dependencies]\ntpu = []\n'
-        '[tool.setuptools.packages.find]\ninclude = ["autext_jax*"]\n'
-    )
-    (root / "autext_jax" / "__init__.py").write_text("")
-    (root / "autext_jax" / "train" / "__init__.py").write_text("")
-    (root / "autext_jax" / "train" / "__main__.py").write_text(STAND_IN_TRAIN)
-    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", "stand-in"], check=True)
-    return root
-
-
-def _watch(fake: FakeCloud, stand_in: Path, *extra: str, crashes: int = 0, timeout: float = 240):
-    return tool(
-        "watch",
-        *WHERE,
-        "--poll",
-        "0.2",
-        "--backoff",
-        "0.1",
-        "--accelerator-type",
-        "v5litepod-16",
-        "--spot",
-        "--source",
-        str(stand_in),
-        "--workdir",
-        "gs://bkt/run",
-        "--start-timeout",
-        "20",
-        *extra,
-        "--",
-        "--crashes",
-        str(crashes),
-        env=fake.env(),
-        timeout=timeout,
-    )
-
-
-def _verbs(fake: FakeCloud) -> list[str]:
-    return [c[3] if c[0] == "compute" else f"storage-{c[1]}" for c in fake.calls()]
-
-
-def _gcs(fake: FakeCloud, name: str) -> str:
-    return (fake.root / "gcs" / "bkt" / "run" / name).read_text()
+    return make_stand_in(tmp_path / "checkout")
 
 
 def test_watch_describe_failures_are_retried_and_never_delete_a_healthy_slice(tmp_path, stand_in):
@@ -255,17 +182,17 @@ def test_watch_describe_failures_are_retried_and_never_delete_a_healthy_slice(tm
         == 0
     )
     fake.plan(describe_failures=2)
-    proc = _watch(fake, stand_in)
+    proc = watch(fake, stand_in)
     assert proc.returncode == 0, proc.stderr
-    verbs = _verbs(fake)
-    assert verbs.count("delete") == 1 and verbs[-1] == "delete"  # only after the export
-    assert verbs.count("create") == 1
+    called = verbs(fake)
+    assert called.count("delete") == 1 and called[-1] == "delete"  # only after the run finished
+    assert called.count("create") == 1
     assert "describe failed (try 2 of 5)" in proc.stderr
-    assert "is ACTIVE with no run going: setting up and launching" in proc.stderr
-    assert "export found: gs://bkt/run/export; deleting slice upb" in proc.stderr
+    assert "is ACTIVE, no run status: setting up and launching" in proc.stderr
+    assert "run finished at step 10, export in gs://bkt/run/export; deleting slice upb" in proc.stderr
     head = subprocess.run(["git", "-C", str(stand_in), "rev-parse", "HEAD"], capture_output=True, text=True)
     for worker in ("0", "1"):  # each worker ran the shipped code in its own uv venv with Python 3.11
-        seen = json.loads(_gcs(fake, f"seen-{worker}.json"))
+        seen = json.loads(gcs(fake, f"seen-{worker}.json"))
         assert seen["commit"] == head.stdout.strip() and seen["python"] == [3, 11]
         assert seen["exe"].endswith("autext-venv/bin/python") and f"worker-{worker}" in seen["exe"]
         assert "--compile-cache" in seen["argv"] and "gs://bkt/run/compile_cache" in seen["argv"]
@@ -273,27 +200,85 @@ def test_watch_describe_failures_are_retried_and_never_delete_a_healthy_slice(tm
 
 def test_watch_relaunches_a_crash_on_an_active_slice_then_gives_up(tmp_path, stand_in):
     fake = FakeCloud(tmp_path / "cloud")
-    proc = _watch(fake, stand_in, "--max-restarts", "2", crashes=5)
+    proc = watch(fake, stand_in, "--max-restarts", "2", "--keep", script="crash@10")
     assert proc.returncode == 1, proc.stderr
-    assert _gcs(fake, "launches") == "3"  # the first launch and two relaunches
+    assert gcs(fake, "launches") == "3"  # the first launch and two relaunches
     assert "on an ACTIVE slice: relaunching (1 of 2)" in proc.stderr
     assert "on an ACTIVE slice: relaunching (2 of 2)" in proc.stderr
-    assert "giving up: run failed at step 30 (exit 1) on an ACTIVE slice, after 2 relaunches" in proc.stderr
+    assert (
+        "giving up: run failed at step 10 (exit 1) on an ACTIVE slice, after 2 relaunches without progress"
+    ) in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("python -m tools.cloud_tpu: error: watch gave up")
-    assert _verbs(fake).count("create") == 1 and _verbs(fake)[-1] == "delete"
-    assert not (fake.root / "qr" / "upb.json").exists()
+    assert verbs(fake).count("create") == 1 and "delete" not in verbs(fake)  # --keep
+
+
+def test_a_crash_on_the_last_allowed_launch_makes_worker_0_delete_the_slice(tmp_path, stand_in):
+    """Without ``--keep``, the launch that may not be relaunched deletes its own slice when it fails,
+    ``watch`` gone or not (here gone: killed once the run is going, before the crash)."""
+    fake = FakeCloud(tmp_path / "cloud")
+    restarts = ("--max-restarts", "0")
+    argv = [sys.executable, "-m", "tools.cloud_tpu", *watch_argv(stand_in, *restarts, script="gatedcrash@10")]
+    log = tmp_path / "watch.log"
+    proc = subprocess.Popen(
+        argv, env=dict(fake.env(), PYTHONPATH=str(REPO)), stdout=log.open("w"), stderr=log.open("a")
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while '"running"' not in _read(fake.root / "gcs" / "bkt" / "run" / "run_status.json"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    (fake.root / "gcs" / "bkt" / "run" / "go").write_text("crash now")
+    while (fake.root / "qr" / "upb.json").exists():
+        assert time.monotonic() < deadline + 60, "worker 0 did not delete its slice"
+        time.sleep(0.1)
+    assert [c[3] for c in fake.calls(workers=True) if c[:2] == ["compute", "tpus"]] == ["delete"]
+    (launch,) = (fake.root / "gcs" / "bkt" / "run" / "logs").iterdir()
+    assert (
+        "the run ended for good (exit 1): worker 0 deletes the slice" in (launch / "worker-0.log").read_text()
+    )
+    assert (launch / "slice-deleted.txt").read_text().strip() == "the run ended for good (exit 1)"
+
+
+def test_a_crash_before_any_status_on_the_last_launch_ends_watch_without_a_re_create(tmp_path, stand_in):
+    """Worker 0 deleted the slice (the run ended for good before writing a status, e.g. an import error):
+    watch reads why and gives up, instead of taking the gone slice for a lost one and re-creating it."""
+    fake = FakeCloud(tmp_path / "cloud")
+    proc = watch(fake, stand_in, "--max-restarts", "0", script="importerror@0")
+    assert proc.returncode == 1, proc.stderr
+    assert "giving up: worker 0 deleted slice upb: the run ended for good (exit 1)" in proc.stderr
+    assert verbs(fake).count("create") == 1 and "re-creating" not in proc.stderr
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def test_progress_on_the_last_allowed_launch_keeps_the_slice(tmp_path, stand_in):
+    """The last launch failed after a newer checkpoint: the budget resets, so worker 0 must not delete."""
+    fake = FakeCloud(tmp_path / "cloud")
+    proc = watch(fake, stand_in, "--max-restarts", "1", script="crash@10 crash@20")
+    assert proc.returncode == 1, proc.stderr
+    assert "restart budget reset" in proc.stderr and gcs(fake, "launches") == "3"
+    second = sorted((fake.root / "gcs" / "bkt" / "run" / "logs").iterdir())[1] / "worker-0.log"
+    assert "training exited with code 1" in second.read_text()  # the last allowed launch at the time ...
+    assert "deletes the slice" not in second.read_text()  # ... made progress: the slice stayed
+    assert verbs(fake).count("create") == 1 and "giving up: run failed at step 20" in proc.stderr
 
 
 def test_watch_crash_then_success_with_keep_and_already_exists(tmp_path, stand_in):
     fake = FakeCloud(tmp_path / "cloud")
     fake.plan(create_exists=2, provision_polls=2)
-    proc = _watch(fake, stand_in, "--keep", crashes=1)
+    proc = watch(fake, stand_in, "--keep", script="crash@10 finish@10")
     assert proc.returncode == 0, proc.stderr
-    assert _verbs(fake).count("create") == 3  # ALREADY_EXISTS twice, retried
+    assert verbs(fake).count("create") == 3  # ALREADY_EXISTS twice, retried
     assert "create failed (try 2 of 4)" in proc.stderr and "ALREADY_EXISTS" in proc.stderr
     assert "slice upb is PROVISIONING: waiting" in proc.stderr
     assert "relaunching (1 of 3)" in proc.stderr and "keeping slice upb (--keep)" in proc.stderr
-    assert "delete" not in _verbs(fake)
+    assert "delete" not in verbs(fake)  # neither watch nor worker 0 deleted it
+    assert all(c[0] == "storage" for c in fake.calls(workers=True))
     assert json.loads((fake.root / "qr" / "upb.json").read_text())["state"] == "ACTIVE"
 
 
@@ -304,10 +289,10 @@ def test_watch_recreates_a_preempted_slice(tmp_path, stand_in):
         == 0
     )
     fake.preempt("upb", grace=0)
-    proc = _watch(fake, stand_in)
+    proc = watch(fake, stand_in)
     assert proc.returncode == 0, proc.stderr
     assert "slice upb is SUSPENDED: re-creating it (1 of 50)" in proc.stderr
-    assert _verbs(fake).count("delete") == 2 and _verbs(fake).count("create") == 2
+    assert verbs(fake).count("delete") == 2 and verbs(fake).count("create") == 2
 
 
 def test_setup_ships_uncommitted_changes_only_when_asked(tmp_path, stand_in):

@@ -86,11 +86,19 @@ def test_watch_survives_a_preemption_and_exports_the_uninterrupted_bytes(gcs, ti
     assert "slice e2e is SUSPENDING (preempted; the run saves): waiting for SUSPENDED" in text
     assert "slice e2e does not exist: creating it" in text
     assert "slice e2e is SUSPENDED: re-creating it (1 of 50)" in text
-    assert "export found: gs://bkt/run/export; deleting slice e2e" in text
+    assert "export in gs://bkt/run/export; deleting slice e2e" in text
     assert not (fake.root / "qr" / "e2e.json").exists()
     assert sorted(
         c[3] for c in fake.calls() if c[:3] == ["compute", "tpus", "queued-resources"] and c[3] != "describe"
     ) == ["create", "create", "delete", "delete"]
+    launches = sorted({name.split("/")[2] for name in bucket.list("gs://bkt/run/logs/")})
+    assert len(launches) == 2  # the preempted launch's logs and the resumed one's, both kept
+    for launch in launches:
+        for worker in (0, 1):
+            text = bucket.read(f"gs://bkt/run/logs/{launch}/worker-{worker}.log").decode()
+            assert f"cloud_tpu: launch {launch} on worker {worker}" in text
+    preempted = bucket.read(f"gs://bkt/run/logs/{launches[0]}/worker-0.log").decode()
+    assert "training exited with code 143" in preempted  # saved on SIGTERM, then its log copied
     ours, reference = (
         _sha256(bucket.read(f"gs://bkt/{w}/export/model.safetensors")) for w in ("run", "reference")
     )

@@ -11,6 +11,7 @@ a run that was never interrupted.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -119,37 +120,76 @@ def test_kill_9_during_a_gs_save_then_rerun_completes_identically(
     assert hashlib.sha256(exported).hexdigest() == local_export_sha
 
 
+@pytest.fixture
+def held_gcs(tmp_path):
+    """An emulator that holds uploads by the rules in ``hold`` (``gcs_journal_emulator.py``)."""
+    journal, hold = tmp_path / "uploads.txt", tmp_path / "HOLD"
+    journal.touch()
+    proc, port = start_emulator(
+        [str(EMULATOR), BUCKET, str(journal), PATTERN, "0", str(hold)], tmp_path / "emulator.log"
+    )
+    yield _gcs_env(port), journal, hold
+    proc.kill()
+    proc.wait(timeout=10)
+
+
+def _wait_for(what: str, check, proc, log_path: Path, deadline: float) -> None:
+    while not check():
+        assert proc.poll() is None and time.monotonic() < deadline, f"{what}: {log_path.read_text()[-3000:]}"
+        time.sleep(0.05)
+
+
 def test_sigterm_with_a_periodic_save_in_flight_stops_within_30_s(
     setup,
-    journal_gcs,
+    held_gcs,
     tmp_path,
     monkeypatch,
 ):
-    """A preempted VM gets 30 s: the stop finishes the save in flight instead of queueing another."""
-    gcs_env, journal = journal_gcs
+    """A preempted VM gets 30 s: the stop finishes the save in flight instead of queueing another.
+
+    The moment is made certain with the emulator's holds: the step-20 save cannot finish, and the loop
+    cannot pass its step-21 metrics upload (so cannot finish the run), until the SIGTERM has been taken;
+    then the loop goes on to step 21's stop check, which must find the step-20 save still in flight.
+    """
+    gcs_env, journal, hold = held_gcs
     for key, value in gcs_env.items():
         monkeypatch.setenv(key, value)
     env = dict(setup["env"], **gcs_env)
     run = "sigterm-in-flight"
     workdir = f"gs://{BUCKET}/{run}"
+    save_rule = f"{run}/checkpoints/{KILLED_STEP}/"
+    hold.write_text(f'{save_rule}\n{run}/metrics.jsonl|"step": {KILLED_STEP + 1}\\b\n')
+    held = Path(f"{journal}.held")
     log_path = tmp_path / "sigterm.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(_cmd(setup, workdir, *EXTRA), env=env, cwd=tmp_path, stdout=log, stderr=log)
     deadline = time.monotonic() + 400
-    while not _uploads(journal, run) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert _uploads(journal, run), log_path.read_text()[-3000:]
-    signalled = time.monotonic()
-    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        _wait_for(
+            "the loop held at step 21",
+            lambda: held.exists() and f"{run}/metrics.jsonl" in held.read_text(),
+            proc,
+            log_path,
+            deadline,
+        )
+        signalled = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        _wait_for(
+            "the SIGTERM taken", lambda: "SIGTERM received" in log_path.read_text(), proc, log_path, deadline
+        )
+        hold.write_text(f"{save_rule}\n")  # the loop goes on; the save stays held
+        found = f"finishing the checkpoint of step {KILLED_STEP} that is being written"
+        _wait_for("the stop check", lambda: found in log_path.read_text(), proc, log_path, deadline)
+    finally:
+        hold.unlink(missing_ok=True)  # the save may finish now
     proc.wait(timeout=60)
     took = time.monotonic() - signalled
     text = log_path.read_text()
     assert proc.returncode == 128 + signal.SIGTERM, text[-3000:]
     print(f"SIGTERM with the step-{KILLED_STEP} save in flight: exited after {took:.1f}s")
     assert took < 30, text[-3000:]
-    assert f"(of step {KILLED_STEP}: the save that was in flight)" in text, text[-3000:]
-    import json
-
+    stopped = f"stopped at step {KILLED_STEP + 1} with a checkpoint saved (of step {KILLED_STEP}: the save"
+    assert f"{stopped} that was in flight)" in text, text[-3000:]  # the stop check of step 21
     import gcsfs
 
     gcsfs.GCSFileSystem.clear_instance_cache()

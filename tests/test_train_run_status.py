@@ -63,7 +63,7 @@ def test_status_records_every_ending(tmp_path, where):
     status.ended(None, step=20, export="X/export")
     record = read_status(workdir)
     assert record == {**record, "state": "finished", "exit_code": 0, "step": 20, "export": "X/export"}
-    assert set(record) == {"state", "exit_code", "step", "updated", "host", "commit", "export"}
+    assert set(record) == {"state", "exit_code", "step", "updated", "beat", "host", "commit", "export"}
     assert record["state"] in STATES and record["host"] == socket.gethostname()
     assert record["commit"] == "c0ffee"
 
@@ -150,3 +150,31 @@ def test_a_stop_request_is_written_to_the_lease_at_once(tmp_path):
             time.sleep(0.05)
     finally:
         lease.release()
+
+
+def test_the_lease_heartbeat_renews_the_status_and_never_overwrites_its_end(tmp_path, monkeypatch):
+    """A live run's ``beat`` keeps changing (how ``watch`` tells it from a dead one); once the run has
+    ended, a heartbeat that comes late must not turn the record back into ``running``."""
+    monkeypatch.setattr(rundir, "HEARTBEAT_S", 0.05)
+    workdir = str(tmp_path)
+    status = RunStatus(workdir, enabled=True)
+    lease = rundir.Lease(workdir, on_beat=status.heartbeat)
+    lease.acquire()
+    try:
+        status.running(5)
+        first = read_status(workdir)["beat"]
+        deadline = time.monotonic() + 30
+        while read_status(workdir)["beat"] < first + 3:
+            assert time.monotonic() < deadline, "the heartbeat did not renew the status"
+            time.sleep(0.02)
+        assert read_status(workdir)["state"] == "running" and read_status(workdir)["step"] == 5
+        status.ended(None, step=7, export="X/export")
+        renewed = json.loads((tmp_path / rundir.LEASE_FILE).read_text())["heartbeat"]
+        for _ in range(2):  # two more lease renewals, each followed by a heartbeat call
+            while json.loads((tmp_path / rundir.LEASE_FILE).read_text())["heartbeat"] == renewed:
+                assert time.monotonic() < deadline, "the lease stopped renewing"
+                time.sleep(0.02)
+            renewed = json.loads((tmp_path / rundir.LEASE_FILE).read_text())["heartbeat"]
+    finally:
+        lease.release()
+    assert (read_status(workdir)["state"], read_status(workdir)["step"]) == ("finished", 7)

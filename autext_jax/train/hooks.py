@@ -18,9 +18,10 @@ import jax
 import numpy as np
 
 from autext_jax.errors import Stopped, TrainingDiverged
+from autext_jax.signals import StopFlag
 from autext_jax.train.checkpointing import Checkpointer
 from autext_jax.train.metric_writers import MetricWriters
-from autext_jax.train.preemption import StopAgreement, StopSignals
+from autext_jax.train.preemption import StopAgreement
 from autext_jax.train.throughput import mfu, train_flops
 
 log = logging.getLogger("autext_jax.train")
@@ -141,6 +142,8 @@ class SaveHook(Hook):
         in_flight = self.checkpointer.in_flight()
         if in_flight is None:
             self.act(step, state)
+        else:
+            log.info("stopping: finishing the checkpoint of step %d that is being written", in_flight)
         self.checkpointer.wait()
         return step if in_flight is None else in_flight
 
@@ -171,7 +174,7 @@ class StopHook(Hook):
     def __init__(
         self,
         agreement: StopAgreement,
-        signals: StopSignals,
+        signals: StopFlag,
         *,
         flush: Callable[[int], None],
         save: Callable[[int, State], int],

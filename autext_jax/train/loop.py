@@ -26,6 +26,7 @@ from autext_jax.convert import export_model
 from autext_jax.data.dataset import build_datasets
 from autext_jax.data.stream import BatchStream, eval_batches
 from autext_jax.model import compute_dtype
+from autext_jax.signals import StopFlag
 from autext_jax.train import calibrate
 from autext_jax.train import sharding as shd
 from autext_jax.train.checkpointing import Checkpointer, CheckpointMismatchError
@@ -33,7 +34,7 @@ from autext_jax.train.config import TrainConfig
 from autext_jax.train.hooks import EvalHook, Hook, LogHook, LogSettings, SaveHook, StopHook
 from autext_jax.train.metric_writers import MetricWriters
 from autext_jax.train.optim import build_optimizer, current_lr
-from autext_jax.train.preemption import StopAgreement, StopSignals
+from autext_jax.train.preemption import StopAgreement, training_signals
 from autext_jax.train.prepare import Prepared, load_training_tokenizer, prepare_model
 from autext_jax.train.run_status import RunStatus, source_commit
 from autext_jax.train.rundir import check_digest, claim, config_digest, guard_config, probe, write_config
@@ -251,11 +252,11 @@ def train(cfg: TrainConfig, workdir: str | Path) -> dict[str, Any]:
     status = RunStatus(workdir, enabled=jax.process_index() == 0, commit=source_commit())
     lease = None
     try:
-        lease = claim(workdir)
+        lease = claim(workdir, on_beat=status.heartbeat)
         checkpointer.sweep_uncommitted()
         status.running(checkpointer.latest_step())
         # From here on a SIGTERM/Ctrl-C (even one during compilation) is acted on at the next stop check.
-        with StopSignals(on_request=lease.note_stopping if lease is not None else None) as signals:
+        with training_signals(lease.note_stopping if lease is not None else None) as signals:
             result = _train_in(prepare_model(cfg), workdir, checkpointer, signals, status)
         checkpointer.wait()
         status.ended(None, step=result["step"], export=result["export"])
@@ -275,7 +276,7 @@ def train(cfg: TrainConfig, workdir: str | Path) -> dict[str, Any]:
 
 
 def _train_in(
-    prepared: Prepared, workdir: str, checkpointer: Checkpointer, signals: StopSignals, status: RunStatus
+    prepared: Prepared, workdir: str, checkpointer: Checkpointer, signals: StopFlag, status: RunStatus
 ) -> dict[str, Any]:
     job = setup(prepared, workdir, checkpointer, commit=status.commit)
     cfg = job.cfg

@@ -1,9 +1,10 @@
 """SIGTERM (Cloud TPU's notice before a Spot VM is preempted) and Ctrl-C: stop at an agreed step.
 
-``StopSignals`` turns the first SIGTERM/SIGINT into a request instead of an exception (a second
-Ctrl-C interrupts at once). The train loop asks ``StopSignals.check(step)`` at the steps it names:
-every process must stop at the same step, save that step's checkpoint and exit with ``128 +
-signal`` (143 SIGTERM, 130 Ctrl-C), though only the signalled process knows.
+The signals themselves are taken by ``autext_jax.signals.StopFlag`` (the same flag scoring uses): the
+first SIGTERM/SIGINT becomes a request instead of an exception (a second Ctrl-C interrupts at once). The
+train loop asks at the steps ``StopAgreement`` names: every process must stop at the same step, save
+that step's checkpoint and exit with ``128 + signal`` (143 SIGTERM, 130 Ctrl-C), though only the
+signalled process knows.
 
 With one process the check is a flag read every ``stop_check_every`` steps. With several,
 ``StopAgreement`` agrees through JAX's coordination service key-value store, never through the
@@ -18,8 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,43 +26,20 @@ from typing import Any
 import jax
 
 from autext_jax.errors import AutextError
+from autext_jax.signals import StopFlag
 
 log = logging.getLogger(__name__)
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
 CHECK_INTERVAL_S = 5.0
 VERDICT_TIMEOUT_S = 1800.0  # process 0 may be evaluating between two checks
 _PREFIX = "autext_stop"
 _KEEP_KEYS = 16  # verdicts kept in the store: late readers are at most a few checks behind
+ANNOUNCE = "%s received: saving a checkpoint and stopping"
 
 
-class StopSignals:
-    """A context manager: while inside, SIGTERM/SIGINT set ``requested`` instead of ending the process."""
-
-    def __init__(self, on_request: Callable[[], None] | None = None) -> None:
-        self.requested = 0
-        self.on_request = on_request  # told at once (from the signal handler: must only set flags)
-        self._previous: dict[int, object] = {}
-
-    def _handle(self, signum: int, frame) -> None:
-        if self.requested == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait for the save
-        if not self.requested:
-            log.warning("%s received: saving a checkpoint and stopping", signal.Signals(signum).name)
-        self.requested = self.requested or signum
-        if self.on_request is not None:
-            self.on_request()
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for signum in SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
+def training_signals(on_request: Callable[[], None] | None = None) -> StopFlag:
+    """The stop flag of a training run (use as ``with training_signals(...) as signals``)."""
+    return StopFlag(on_request=on_request, announce=ANNOUNCE)
 
 
 class StopAgreement:

@@ -9,12 +9,17 @@ file through the workdir's path layer (``autext_jax.paths``; local folders and `
     {"state": "running" | "finished" | "failed" | "stopped",
      "exit_code": int | null,     # null while running; 0 finished; 130/143 stopped; 1/2/3 failed
      "step": int | null,          # the newest step with a checkpoint save started (or the final step)
-     "updated": 1733300000.0,     # unix time of this write
+     "updated": 1733300000.0,     # unix time of this write (the writer's clock)
+     "beat": 17,                  # write counter: changes at every write, heartbeats included
      "host": "worker-0",          # hostname of process 0
      "commit": "abc123…" | "abc123…+dirty" | null,  # the code that ran (see ``source_commit``)
      "export": "gs://…/export" | null}              # set when finished
 
-- ``running`` when training starts, with ``step`` renewed at each checkpoint save;
+- ``running`` when training starts, with ``step`` renewed at each checkpoint save and the whole record
+  rewritten every ``HEARTBEAT_S`` (``heartbeat``, from the lease's thread) while the run lives: a
+  ``running`` record whose ``beat`` stops changing belongs to a run that died (OOM, kill -9, a libtpu
+  abort). Watchers judge that by their own clock (when they saw ``beat`` change), never by comparing
+  ``updated`` with theirs;
 - ``finished`` (exit 0, ``export`` set) after the export was written;
 - ``stopped`` (130 Ctrl-C, 143 SIGTERM) after the stop checkpoint was saved: relaunching resumes;
 - ``failed`` with the CLI's exit code (1 bad data/model, 2 usage/storage, 3 diverged; 1 for an
@@ -33,6 +38,7 @@ import logging
 import os
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -107,10 +113,17 @@ class RunStatus:
         self.commit = commit
         self.step: int | None = None
         self.export: str | None = None
+        self.beat = 0
+        self._ended = False
+        self._lock = threading.Lock()  # heartbeats come from another thread
 
     def running(self, step: int | None = None) -> None:
         if step is not None:
             self.step = step
+        self._write("running", None)
+
+    def heartbeat(self) -> None:
+        """Rewrite the ``running`` record (a fresh ``beat``); nothing once the run has ended."""
         self._write("running", None)
 
     def ended(
@@ -122,7 +135,7 @@ class RunStatus:
             self.step = step
         if export is not None:
             self.export = export
-        self._write(state_of(code), code)
+        self._write(state_of(code), code, final=True)
         return code
 
     def record(self, state: str, exit_code: int | None) -> dict[str, Any]:
@@ -131,15 +144,21 @@ class RunStatus:
             "exit_code": exit_code,
             "step": self.step,
             "updated": time.time(),
+            "beat": self.beat,
             "host": self.host,
             "commit": self.commit,
             "export": self.export if state == "finished" else None,
         }
 
-    def _write(self, state: str, exit_code: int | None) -> None:
+    def _write(self, state: str, exit_code: int | None, *, final: bool = False) -> None:
         if not self.enabled:
             return
-        try:
-            paths.write_text(self.path, json.dumps(self.record(state, exit_code)) + "\n")
-        except Exception as err:  # noqa: BLE001 - the status must never be what ends a run
-            log.warning("could not write %s: %s", self.path, " ".join(str(err).split())[:200])
+        with self._lock:  # a late heartbeat must never overwrite how the run ended
+            if self._ended and state == "running":
+                return
+            self._ended = self._ended or final
+            self.beat += 1
+            try:
+                paths.write_text(self.path, json.dumps(self.record(state, exit_code)) + "\n")
+            except Exception as err:  # noqa: BLE001 - the status must never be what ends a run
+                log.warning("could not write %s: %s", self.path, " ".join(str(err).split())[:200])

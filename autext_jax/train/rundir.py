@@ -3,7 +3,8 @@
 - ``probe``: before any step, write and read back a small file, so an unknown scheme, a missing
   bucket or no write permission is one line (exit 2) instead of a failure at the first checkpoint.
 - ``Lease``: ``lease.json`` names the run that owns the workdir and is renewed by a heartbeat
-  thread; a second run exits 2 at once. It works on object stores (no locks there). A lease is stale
+  thread (which also calls ``on_beat``: the run status's heartbeat); a second run exits 2 at once.
+  It works on object stores (no locks there). A lease is stale
   when its heartbeat is older than ``LEASE_TTL_S``; when it was written on this host during another
   boot (a re-created VM keeps its hostname) or its process is gone (kill -9; a pid reused by another
   process is told apart by the process's start time); or when its run was stopping (SIGTERM/Ctrl-C)
@@ -23,6 +24,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -125,8 +127,9 @@ def _stale(record: dict[str, Any], now: float) -> bool:
 class Lease:
     """The workdir's owner record, renewed every ``HEARTBEAT_S`` until ``release``."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, on_beat: Callable[[], None] | None = None):
         self.path = paths.join(workdir, LEASE_FILE)
+        self.on_beat = on_beat
         self.token = uuid.uuid4().hex
         self.stopping = False
         self._stop = threading.Event()
@@ -190,6 +193,8 @@ class Lease:
                 paths.write_text(self.path, json.dumps(self._record()) + "\n")
             except Exception as err:  # noqa: BLE001 - a missed heartbeat is not fatal; the TTL is long
                 log.warning("could not renew %s: %s", self.path, err)
+            if self.on_beat is not None and not self.stopping:
+                self.on_beat()
 
     def release(self) -> None:
         if self._thread is None:
@@ -203,14 +208,15 @@ class Lease:
             paths.remove(self.path)
 
 
-def claim(workdir: str) -> Lease | None:
+def claim(workdir: str, on_beat: Callable[[], None] | None = None) -> Lease | None:
     """Process 0 takes the lease; every process then checks that it sees it (the workdir is shared).
+    ``on_beat`` is called from the lease's heartbeat thread on process 0.
 
     Returns the lease on process 0 (``None`` elsewhere). All processes raise together on failure.
     """
     import jax
 
-    lease = Lease(workdir) if jax.process_index() == 0 else None
+    lease = Lease(workdir, on_beat) if jax.process_index() == 0 else None
     failure = ""
     if lease is not None:
         try:

@@ -3,7 +3,8 @@
 Every subcommand runs ``gcloud``; ``--dry-run`` prints the commands instead (one per line, ready to
 paste). ``setup`` ships the local checkout (its committed tree; ``--include-uncommitted`` adds the working
 tree's changes) or clones ``--repo``; ``train`` starts the same detached command on every worker;
-``watch`` keeps a run going until its export exists::
+``watch`` keeps a run going until it is finished (see ``watch.py``; ``preflight.py`` checks everything it
+can before the slice is created)::
 
     python -m tools.cloud_tpu create --name upb --zone us-west4-a --accelerator-type v5litepod-16 --spot
     python -m tools.cloud_tpu setup --name upb --zone us-west4-a
@@ -18,7 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from autext_jax import cli
-from tools.cloud_tpu import actions, watch
+from tools.cloud_tpu import actions, preflight, watch
 from tools.cloud_tpu.gcloud import Gcloud
 
 
@@ -32,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--tries", type=int, default=4, help="attempts of create/setup/train/score")
     common.add_argument("--describe-tries", type=int, default=5, help="attempts of each state check")
     common.add_argument("--backoff", type=float, default=15.0, help="first wait between attempts (doubles)")
+    common.add_argument(
+        "--call-timeout", type=float, default=300.0, help="seconds before a gcloud call is killed"
+    )
+    common.add_argument(
+        "--ssh-timeout", type=float, default=1800.0, help="seconds before a gcloud ssh/scp is killed"
+    )
     cli.add_debug_flag(common)
     create = argparse.ArgumentParser(add_help=False)
     create.add_argument("--accelerator-type", default="v5litepod-8", help="e.g. v5litepod-16, v4-32")
@@ -66,22 +73,39 @@ def _parser() -> argparse.ArgumentParser:
         "watch", parents=[common, create, setup, train], help="keep the run going to its export"
     )
     w.add_argument(
-        "--max-restarts", type=int, default=3, help="relaunches of a crashed run on an ACTIVE slice"
+        "--max-restarts",
+        type=int,
+        default=3,
+        help="relaunches of a crashed or dead run on an ACTIVE slice without progress in between",
     )
     w.add_argument("--max-recreates", type=int, default=50, help="re-creations of a preempted or lost slice")
     w.add_argument(
+        "--max-failures", type=int, default=3, help="create/setup/launch failures in a row before giving up"
+    )
+    w.add_argument(
         "--start-timeout",
         type=float,
-        default=3600.0,
-        help="seconds a launched run may take to report its first status",
+        default=600.0,
+        help="seconds a launched run may take to report its first status (it comes before compiling)",
     )
     w.add_argument(
         "--stale-after",
         type=float,
-        default=0.0,
-        help="seconds without a status update after which a running run counts as hung (0: never)",
+        default=180.0,
+        help="seconds without a heartbeat (renewed every ~20 s) after which a running run counts as dead",
     )
-    w.add_argument("--keep", action="store_true", help="keep the slice after the export or giving up")
+    w.add_argument(
+        "--max-hours",
+        type=float,
+        default=24.0,
+        help="deadline for the whole job from watch's start: watch gives up and worker 0 deletes the slice "
+        "(0: none)",
+    )
+    w.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the slice after the run ends or watch gives up (worker 0 never deletes it)",
+    )
     score = sub.add_parser("score", parents=[common], help="score on every worker, one shard each")
     score.add_argument("--workers", type=int, help="number of workers (default: asked from the TPU)")
     score.add_argument(
@@ -92,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     logs = sub.add_parser("logs", parents=[common], help="tail a worker's train or score log")
     logs.add_argument("--worker", type=int, default=0, help="worker index (0 logs training progress)")
+    logs.add_argument(
+        "--workdir", help="read the train log copied to WORKDIR/logs (works after the slice is gone)"
+    )
+    logs.add_argument("--launch", help="with --workdir: which launch (default: the newest)")
     logs.add_argument("--file", choices=("train", "score"), default="train")
     logs.add_argument("--lines", type=int, default=100)
     logs.add_argument("--follow", action="store_true", help="keep printing new lines")
@@ -100,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _watch(args: argparse.Namespace, run: Gcloud) -> int:
+    preflight.check(args, run)  # before anything is billed
     if run.dry_run:
         watch.dry_run(args, run)
         return 0
@@ -119,9 +148,12 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    return cli.main(
-        parser.prog, parser, lambda args: COMMANDS[args.command](args, Gcloud(args.dry_run)), argv
-    )
+
+    def command(args: argparse.Namespace) -> int | None:
+        gcloud = Gcloud(args.dry_run, call_timeout=args.call_timeout, ssh_timeout=args.ssh_timeout)
+        return COMMANDS[args.command](args, gcloud)
+
+    return cli.main(parser.prog, parser, command, argv)
 
 
 if __name__ == "__main__":

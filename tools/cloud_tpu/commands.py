@@ -1,7 +1,9 @@
 """The gcloud command lines the launcher runs, built from the parsed flags (``--dry-run`` prints them).
 
 The slice is a queued resource whose one TPU node has the same name; ``ssh``/``scp`` with
-``--worker=all`` reach every host of the slice at once.
+``--worker=all`` reach every host of the slice at once, never prompting (``--quiet``: no passphrase or
+confirmation prompt; ``--strict-host-key-checking=no``: a re-created slice with the same name has new host
+keys).
 """
 
 from __future__ import annotations
@@ -51,19 +53,27 @@ def create(args: argparse.Namespace) -> list[str]:
 
 
 def describe(args: argparse.Namespace) -> list[str]:
-    return [*QR, "describe", args.name, *where(args), "--format=value(state.state)"]
+    """The queued resource as JSON: ``state.state`` and, when FAILED, ``state.failedData.error``."""
+    return [*QR, "describe", args.name, *where(args), "--format=json(state)"]
 
 
 def delete(args: argparse.Namespace) -> list[str]:
     return [*QR, "delete", args.name, *where(args), "--force", "--quiet"]
 
 
+NO_PROMPT = ["--quiet", "--strict-host-key-checking=no"]
+
+
 def ssh(args: argparse.Namespace, remote: str, worker: str = "all") -> list[str]:
-    return [*VM, "ssh", args.name, *where(args), f"--worker={worker}", "--command", remote]
+    return [*VM, "ssh", args.name, *where(args), f"--worker={worker}", *NO_PROMPT, "--command", remote]
 
 
 def scp(args: argparse.Namespace, local: str, remote: str) -> list[str]:
-    return [*VM, "scp", local, f"{args.name}:{remote}", *where(args), "--worker=all"]
+    return [*VM, "scp", local, f"{args.name}:{remote}", *where(args), "--worker=all", *NO_PROMPT]
+
+
+def auth_account() -> list[str]:
+    return ["gcloud", "auth", "list", "--filter=status:ACTIVE", "--format=value(account)"]
 
 
 def storage_ls(url: str) -> list[str]:
@@ -81,3 +91,7 @@ def storage_cp(src: str, dst: str) -> list[str]:
 def storage_put(dst: str) -> list[str]:
     """Write stdin to ``dst``."""
     return ["gcloud", "storage", "cp", "-", dst]
+
+
+def storage_rm(url: str) -> list[str]:
+    return ["gcloud", "storage", "rm", url]

@@ -1,9 +1,16 @@
 """Running ``gcloud``: one command at a time, printed instead under ``--dry-run``, retried with backoff
-where a failure may be a blip, and the timestamped log every decision of the launcher goes to."""
+where a failure may be a blip, and the timestamped log every decision of the launcher goes to.
+
+Every call has a timeout (``ssh``/``scp`` their own, longer one: an install takes minutes): a call that
+hangs (a stalled ssh, a prompt nobody answers) is killed with its process group and fails like any
+other, so an unattended loop can never sit on one call.
+"""
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +21,7 @@ from typing import TypeVar
 from autext_jax.errors import UsageError
 
 T = TypeVar("T")
+SSH, SCP = ["compute", "tpus", "tpu-vm", "ssh"], ["compute", "tpus", "tpu-vm", "scp"]
 
 
 class GcloudError(UsageError):
@@ -35,32 +43,45 @@ def log(message: str) -> None:
 
 @dataclass
 class Gcloud:
-    """Runs (or, with ``dry_run``, prints) gcloud commands; ``sleep`` is injectable for the retry waits."""
+    """Runs (or, with ``dry_run``, prints) gcloud commands; ``sleep`` is injectable for the retry waits.
+    ``call_timeout``/``ssh_timeout``: seconds before a call is killed (``ssh``/``scp`` use the second)."""
 
     dry_run: bool = False
     sleep: Callable[[float], None] = time.sleep
+    call_timeout: float = 300.0
+    ssh_timeout: float = 1800.0
+
+    def timeout_of(self, cmd: list[str]) -> float:
+        return self.ssh_timeout if cmd[1:5] in (SSH, SCP) else self.call_timeout
 
     def __call__(self, cmd: list[str], *, capture: bool = False, stdin: str | None = None) -> str:
-        """The command's stdout (stripped); a non-zero exit raises ``GcloudError``."""
+        """The command's stdout (stripped); a non-zero exit or a timeout raises ``GcloudError``."""
         if self.dry_run:
             print(shlex.join(cmd), flush=True)
             return ""
+        timeout = self.timeout_of(cmd)
         try:
-            proc = subprocess.run(
+            proc = subprocess.Popen(
                 cmd,
-                check=False,
                 text=True,
-                input=stdin,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE if capture else None,
                 stderr=subprocess.PIPE,
+                start_new_session=True,  # a timeout kills gcloud's ssh children too
             )
         except FileNotFoundError:
             raise UsageError("gcloud is not installed: https://cloud.google.com/sdk/docs/install") from None
-        if not capture and proc.stderr:
-            sys.stderr.write(proc.stderr)
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise GcloudError(cmd, 124, f"no answer within {timeout:g} s: killed") from None
+        if not capture and err:
+            sys.stderr.write(err)
         if proc.returncode:
-            raise GcloudError(cmd, proc.returncode, proc.stderr or "")
-        return (proc.stdout or "").strip()
+            raise GcloudError(cmd, proc.returncode, err or "")
+        return (out or "").strip()
 
     def retry(
         self,
