@@ -37,7 +37,7 @@ from collections import Counter
 from pathlib import Path
 
 from benchmarks.load_abuse import flood_run, rss_kib, unauthenticated_run
-from tests.serve_helpers import get_json, read_log, running_service
+from tests.helpers.serve import get_json, read_log, running_service
 
 
 def load_texts(paths: list[str], n: int, seed: int = 0) -> list[str]:

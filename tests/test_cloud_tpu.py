@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cloud_tpu_helpers import REPO, WHERE, gcs, make_stand_in, tool, verbs, watch, watch_argv
 from tests.fake_gcloud import FakeCloud
+from tests.helpers.cloud_tpu import REPO, WHERE, gcs, make_stand_in, tool, verbs, watch, watch_argv
 
 CREATE = (
     "gcloud compute tpus queued-resources create upb --node-id=upb --zone=us-west4-a "

@@ -1,5 +1,5 @@
 """``watch`` left overnight, on the simulated slice (``tests/fake_gcloud.py``) with the stand-in project
-(``tests/cloud_tpu_helpers.py``): a run killed on an ACTIVE slice is relaunched, a stale status is never
+(``tests/helpers/cloud_tpu.py``): a run killed on an ACTIVE slice is relaunched, a stale status is never
 adopted, every loop gives up with its reason, usage errors come before anything is created, no call can
 prompt or hang, logs outlive the slice, the slice is deleted only after ``finished`` — by worker 0 itself
 when ``watch`` is gone, and at the ``--max-hours`` deadline."""
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cloud_tpu_helpers import (
+from tests.fake_gcloud import FakeCloud
+from tests.helpers.cloud_tpu import (
     REPO,
     WHERE,
     gcs,
@@ -28,7 +29,6 @@ from tests.cloud_tpu_helpers import (
     watch,
     watch_argv,
 )
-from tests.fake_gcloud import FakeCloud
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from autext_jax.serve.batching import (  # noqa: E402
     QueueFullError,
     QueueTimeoutError,
 )
-from tests.serve_helpers import calibrated_copy  # noqa: E402
+from tests.helpers.serve import calibrated_copy  # noqa: E402
 
 TEXTS = [
     "The committee will publish its annual report on the first of March.",

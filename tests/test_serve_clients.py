@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("fastapi")
 jsonschema = pytest.importorskip("jsonschema")
 
-from tests.serve_helpers import REPO, get_json, post_json, running_service  # noqa: E402
+from tests.helpers.serve import REPO, get_json, post_json, running_service  # noqa: E402
 
 TEXTS = [
     "The committee will publish its annual report on the first of March.",

@@ -22,7 +22,7 @@ pytest.importorskip("prometheus_client")
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from tests.serve_helpers import REPO, free_port, read_log, running_service, serving_app  # noqa: E402
+from tests.helpers.serve import REPO, free_port, read_log, running_service, serving_app  # noqa: E402
 
 TEXT = "The committee will publish its annual report on the first of March."
 KEYS = ("k1-first-secret-key", "k2-second-secret-key")

@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-from tests.serve_helpers import (  # noqa: E402
+from tests.helpers.serve import (  # noqa: E402
     calibrated_copy,
     get_json,
     post_json,

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-from tests.serve_helpers import get_json, post_json, read_log, running_service  # noqa: E402
+from tests.helpers.serve import get_json, post_json, read_log, running_service  # noqa: E402
 
 TEXT = "The committee will publish its annual report on the first of March."
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tests.fake_gcloud import FakeCloud
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 WHERE = ["--name", "upb", "--zone", "us-west4-a"]
 
 STAND_IN_TRAIN = '''"""Stand-in for training: reports as training does, following --script."""
