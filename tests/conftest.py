@@ -218,3 +218,13 @@ def gs_in_process(gcs, monkeypatch):
     yield paths.filesystem("gs://x")
     paths._filesystem.cache_clear()
     gcsfs.GCSFileSystem.clear_instance_cache()
+
+
+@pytest.fixture(autouse=True)
+def _fake_slices_end_with_their_test():
+    """Whatever a test's simulated Cloud TPU slice still runs (a run left going, a deadline guard) is
+    stopped when the test ends, so no test's workers load the machine under the next ones."""
+    yield
+    from tests.fake_gcloud import FakeCloud
+
+    FakeCloud.stop_all()

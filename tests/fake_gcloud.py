@@ -36,8 +36,11 @@ HERE = Path(__file__).resolve()
 class FakeCloud:
     """The test's handle on the fake: its environment, its misbehaviour plan, preemption, the call log."""
 
+    made: list[FakeCloud] = []  # every fake of this test session, for ``stop_all``
+
     def __init__(self, root: Path):
         self.root = Path(root)
+        FakeCloud.made.append(self)
         (self.root / "bin").mkdir(parents=True, exist_ok=True)
         shim = self.root / "bin" / "gcloud"
         shim.write_text(f'#!/bin/sh\nexec {sys.executable} {HERE} "$@"\n')
@@ -86,6 +89,14 @@ class FakeCloud:
             except OSError:
                 pass
         return killed
+
+    @classmethod
+    def stop_all(cls) -> None:
+        """SIGKILL whatever the fakes' slices still run (a test's end is the end of its VMs)."""
+        for fake in cls.made:
+            for slice_dir in (fake.root / "tpu").glob("*"):
+                _signal_workers(fake.root, slice_dir.name, signal.SIGKILL)
+        cls.made.clear()
 
     def preempt(self, name: str, grace: float = 30.0) -> None:
         qr = _load_qr(self.root, name)

@@ -117,7 +117,7 @@ def test_train_dry_run_runs_the_venv_python_with_the_compile_cache_and_the_commi
         "gs://bkt/runs/upb --distributed auto --compile-cache gs://bkt/runs/upb/compile_cache --set "
         'data.paths=gs://bkt/data >> "$log" 2>&1'
     ) in ssh
-    (launch,) = re.findall(r"log=\$HOME/autext-train-([0-9TZ-]+)\.log", ssh)  # one log per launch, kept
+    (launch,) = re.findall(r"log=\$HOME/autext-train-([0-9TZ.-]+)\.log", ssh)  # one log per launch, kept
     assert f'gcloud storage cp "$log" gs://bkt/runs/upb/logs/{launch}/worker-"$w".log' in ssh
     assert "while sleep 60; do copy; done" in ssh  # copied every minute and when training exits
     assert 'export AUTEXT_JAX_SOURCE_COMMIT="$(cat ~/autext_jax/.source-commit' in ssh

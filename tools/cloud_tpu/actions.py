@@ -238,7 +238,10 @@ def logs_url(args: argparse.Namespace) -> str:
 
 
 def new_launch_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid() % 1000:03d}"
+    """``20261207T144806.123Z-912``: sorts in launch order, and two launches in one second differ."""
+    now = time.time()
+    millis = int(now * 1000) % 1000
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{millis:03d}Z-{os.getpid() % 1000:03d}"
 
 
 def train(args: argparse.Namespace, run: Gcloud, launch: remote.Launch | None = None) -> None:

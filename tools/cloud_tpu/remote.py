@@ -136,6 +136,7 @@ def _supervised(argv: list[str], env: dict[str, str], launch: Launch) -> str:
         f'w={WORKER}; log={launch.log}; ln -sf "$log" $HOME/autext-train.log',
         f'copy() {{ gcloud storage cp "$log" {logs}/worker-"$w".log >/dev/null 2>&1 || true; }}',
         f"( while sleep {LOG_COPY_S}; do copy; done ) &",
+        "copier=$!",
     ]
     if launch.delete and launch.deadline:
         lines.append(
@@ -146,7 +147,8 @@ def _supervised(argv: list[str], env: dict[str, str], launch: Launch) -> str:
     lines += [
         f'echo "cloud_tpu: launch {launch.launch_id} on worker $w" >> "$log"',
         f'cd {CODE} && {exports}{PYTHON} {shlex.join(argv)} >> "$log" 2>&1 < /dev/null; code=$?',
-        'echo "cloud_tpu: training exited with code $code" >> "$log"; copy',
+        # the periodic copier ends with training (the last copy is below), so nothing outlives the launch
+        'kill "$copier" 2>/dev/null; echo "cloud_tpu: training exited with code $code" >> "$log"; copy',
     ]
     if launch.delete:
         failed = f'[ {on_failure} = 1 ] && [ "$code" != 130 ] && [ "$code" != 143 ] && {no_progress}'
