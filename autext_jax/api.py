@@ -3,37 +3,37 @@
     >>> detector = autext_jax.load("path/to/model")            # or a Hub id, or None: the embedded model
     >>> detector.score(["Some text.", "Otro texto."])["bot_prob"]
 
-Probabilities and ``is_bot`` come from ``scores.scores_from_logits`` (the one place they are made),
-with the checkpoint's threshold unless ``threshold`` overrides it. A model directory with a
-``calibration.json`` (``calibration.py``) reports calibrated probabilities with the same decisions,
-and offers operating points (``detector.operating_points``). Records (``score_records``, the CLI and
-the service share them) can carry per-segment scores (``segments.py``).
+Probabilities and ``is_bot`` come from ``decision.Decision`` (the checkpoint's threshold unless
+``threshold`` overrides it). A model directory with a ``calibration.json`` (``calibration.py``)
+reports calibrated probabilities with the same decisions, and offers operating points
+(``detector.operating_points``). Records are built by ``records.py`` (the CLI, the service, Ray and
+evaluate share it) and can carry per-segment scores (``segments.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import fields, replace
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from autext_jax import calibration as calib
+from autext_jax import records
 from autext_jax import segments as seg
 from autext_jax.config import ModelConfig, check_threshold
 from autext_jax.convert import load_checkpoint
+from autext_jax.decision import Decision
 from autext_jax.engine import DocLogits, EngineOptions, EngineStats, InferenceEngine
-from autext_jax.errors import UsageError
 from autext_jax.hub import check_tokenizer, load_tokenizer, resolve_model_dir
 from autext_jax.model import compute_dtype
-from autext_jax.scores import is_bot, scores_from_logits, sigmoid
 
 __all__ = ["Detector", "load", "load_tokenizer"]
 
 class Detector:
-    """A loaded detector: config, NNX model, tokenizer, the inference engine, and its calibration (if any)."""
+    """A loaded detector: config, NNX model, tokenizer, the inference engine, and its ``Decision``
+    (threshold, calibration, operating points: ``decision.py``). Records come from ``records.py``."""
 
     def __init__(
         self,
@@ -55,24 +55,28 @@ class Detector:
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.calibration = calibration
         # A given threshold is on the reported (calibrated) scale; the model's own decides on raw scores.
-        self._given_threshold = threshold
-        self.raw_threshold = float(config.threshold)
-        self.threshold = float(threshold) if threshold is not None else self._mapped(self.raw_threshold)
+        self.decision = Decision(float(config.threshold), threshold, calibration)
         self.engine = InferenceEngine(model, tokenizer, options)
 
-    def _mapped(self, raw_threshold: float) -> float:
-        return raw_threshold if self.calibration is None else self.calibration.threshold(raw_threshold)
+    @property
+    def raw_threshold(self) -> float:
+        """The model's own threshold, on the uncalibrated ``sigmoid(logit)``."""
+        return self.decision.raw_threshold
+
+    @property
+    def threshold(self) -> float:
+        """The threshold in force, on the reported ``bot_prob`` scale."""
+        return self.decision.threshold
 
     @property
     def operating_points(self) -> dict[str, float]:
         """Operating-point name (``"fpr=0.01"``) → its threshold on the reported ``bot_prob`` scale."""
-        points = self.calibration.operating_points if self.calibration is not None else {}
-        return {name: point.threshold for name, point in points.items()}
+        return {name: point.threshold for name, point in self.decision.operating_points.items()}
 
     @property
     def min_tokens(self) -> int:
         """Texts with fewer tokens than this are ``short``: below the lengths the model was validated on."""
-        return self.calibration.min_tokens if self.calibration is not None else calib.DEFAULT_MIN_TOKENS
+        return self.decision.min_tokens
 
     def logits(self, texts: list[str]) -> dict[str, np.ndarray]:
         """float32 raw logits ``{"bot", "english"}`` of shape (N,) (for evaluation and calibration)."""
@@ -81,34 +85,20 @@ class Detector:
 
     def probabilities(self, bot_logits, english_logits) -> dict[str, np.ndarray]:
         """Reported (calibrated when the model has a calibration) ``bot_prob`` and ``english_prob``."""
-        if self.calibration is None:
-            return {"bot_prob": sigmoid(bot_logits), "english_prob": sigmoid(english_logits)}
         return {
-            "bot_prob": self.calibration.bot_prob(bot_logits),
-            "english_prob": self.calibration.english_prob(english_logits),
+            "bot_prob": self.decision.bot_prob(bot_logits),
+            "english_prob": self.decision.english_prob(english_logits),
         }
 
     def decide(self, bot_logits, operating_point: str | None = None) -> np.ndarray:
-        """``is_bot`` from raw logits: at an operating point, else at the threshold (as uncalibrated)."""
-        raw = np.asarray(bot_logits, np.float32)
-        if operating_point is not None:
-            return raw >= np.float32(self._operating_point(operating_point).raw_logit)
-        if self._given_threshold is None:
-            return is_bot(sigmoid(raw), self.raw_threshold)
-        return is_bot(self.probabilities(raw, raw)["bot_prob"], self._given_threshold)
-
-    def _operating_point(self, name: str) -> calib.OperatingPoint:
-        points = self.calibration.operating_points if self.calibration is not None else {}
-        if name not in points:
-            have = ", ".join(points) or "none (fit them: python -m autext_jax.evaluate --calibrate OUT_DIR)"
-            raise UsageError(f"operating point {name!r} is not stored with this model; it has: {have}")
-        return points[name]
+        """``is_bot`` from raw logits: at an operating point, else at the threshold in force."""
+        return self.decision.is_bot(bot_logits, operating_point)
 
     def score(self, texts: list[str], *, operating_point: str | None = None) -> dict[str, np.ndarray]:
         """``{"bot_prob": float32 (N,), "english_prob": float32 (N,), "is_bot": bool (N,)}``, input order."""
+        if operating_point is not None:
+            self.decision.operating_point(operating_point)
         out = self.logits(texts)
-        if self.calibration is None and operating_point is None:
-            return scores_from_logits(out["bot"], out["english"], self.threshold)
         decided = self.decide(out["bot"], operating_point)
         return {**self.probabilities(out["bot"], out["english"]), "is_bot": decided}
 
@@ -120,10 +110,10 @@ class Detector:
     def score_records(
         self, texts: list[str], *, segments: str | None = None, operating_point: str | None = None
     ) -> list[dict[str, Any]]:
-        """One record per text, in the CLI's shape: ``bot_prob``, ``english_prob``, ``is_bot``,
+        """One record per text (``records.py``): ``bot_prob``, ``english_prob``, ``is_bot``,
         ``n_chunks``, ``n_tokens``, ``truncated``, ``short``; ``operating_point`` when one is selected;
-        ``segments`` (``[{"start", "end", "bot_prob"}]``, character offsets) with ``segments="sentence"`` or
-        ``"window"``."""
+        ``segments`` (``[{"start", "end", "bot_prob"}]``, character offsets) with
+        ``segments="sentence"`` or ``"window"``."""
         items = enumerate(_checked(texts))
         return [r for _, r in self.stream_records(items, segments=segments, operating_point=operating_point)]
 
@@ -135,31 +125,38 @@ class Detector:
         operating_point: str | None = None,
         stop: Callable[[], bool] | None = None,
     ) -> Iterator[tuple[Any, dict[str, Any] | None]]:
-        """``(tag, text)`` pairs → ``(tag, record)`` in input order (a ``None`` text gives ``(tag, None)``).
+        """``(tag, text)`` pairs → ``(tag, record)`` in input order (a ``None`` text gives ``(tag, None)``),
+        records as ``score_records`` makes them. See ``scored`` for reading errors and ``stop``."""
+        builder = self.builder(records.Layout(operating_point=operating_point, segments=segments))
+        for tag, doc, spans in self.scored(items, segments=segments, stop=stop):
+            yield tag, None if doc is None else builder.build(doc, id=tag, segments=spans)
 
-        If reading ``items`` raises, the records of everything read before are yielded first.
+    def builder(self, layout: records.Layout) -> records.RecordBuilder:
+        """The record builder for this detector's decision and ``layout`` (checks the operating point)."""
+        return records.RecordBuilder(self.decision, layout)
+
+    def scored(
+        self,
+        items: Iterable[tuple[Any, str | None]],
+        *,
+        segments: str | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> Iterator[tuple[Any, DocLogits | None, list[seg.ScoredSpan] | None]]:
+        """``(tag, text)`` pairs → ``(tag, DocLogits, segments)`` in input order (``segments`` is ``None``
+        unless asked for; a ``None`` text gives ``(tag, None, ...)``).
+
+        If reading ``items`` raises, the results of everything read before are yielded first.
         ``stop`` is asked between batches; when it returns true ``StopRequested`` is raised.
         """
         seg.check_mode(segments)
-        if operating_point is not None:
-            self._operating_point(operating_point)
         if segments is None:
             for tag, doc in self.engine.run(items, stop):
-                yield tag, None if doc is None else self.record(doc, operating_point)
+                yield tag, doc, None
             return
-        source = iter(items)
-        window = self.engine.options.window
-        while True:
-            block: list[tuple[Any, str | None]] = []
-            try:
-                block.extend(islice(source, window))
-            except Exception:
-                yield from self._segmented_block(block, segments, operating_point, stop)
-                raise
-            if block:
-                yield from self._segmented_block(block, segments, operating_point, stop)
-            if len(block) < window:
-                return
+        yield from seg.scored(self.engine, items, segments, self._language, stop)
+
+    def _language(self, doc: DocLogits) -> str:
+        return "en" if self.decision.english_prob(np.float32([doc.english]))[0] >= 0.5 else "es"
 
     def run(
         self, items: Iterable[tuple[Any, str | None]], stop: Callable[[], bool] | None = None
@@ -171,58 +168,6 @@ class Detector:
     def stats(self) -> EngineStats:
         """What the engine has done so far (texts, batches, padding, compilations)."""
         return self.engine.stats
-
-    def _segmented_block(
-        self,
-        block: list[tuple[Any, str | None]],
-        mode: str,
-        operating_point: str | None,
-        stop: Callable[[], bool] | None,
-    ) -> Iterator[tuple[Any, dict[str, Any] | None]]:
-        """Documents first (their language picks the splitter's rules), then all their segments in one run."""
-        docs = [doc for _, doc in self.engine.run(block, stop)]
-        records = [None if doc is None else self.record(doc, operating_point) for doc in docs]
-        spans: list[list[tuple[int, int]]] = []
-        pieces = []
-        for k, ((_, text), record) in enumerate(zip(block, records, strict=True)):
-            spans.append([] if record is None else self._spans(text, mode, record["english_prob"]))
-            whole = len(spans[k]) == 1 and docs[k].n_chunks == 1
-            if not whole:  # one segment of an untruncated text: its score is the document's
-                pieces += [((k, j), text[a:b]) for j, (a, b) in enumerate(spans[k])]
-        scored = {tag: doc for tag, doc in self.engine.run(pieces, stop)}
-        for k, record in enumerate(records):
-            if record is not None:
-                own = [scored.get((k, j), docs[k]).bot for j in range(len(spans[k]))]
-                probs = self.probabilities(np.float32(own), np.float32(own))["bot_prob"]
-                record["segments"] = [
-                    {"start": a, "end": b, "bot_prob": float(p)}
-                    for (a, b), p in zip(spans[k], probs, strict=True)
-                ]
-            yield block[k][0], record
-
-    def _spans(self, text: str, mode: str, english_prob: float) -> list[tuple[int, int]]:
-        if mode == "window":
-            opts = self.engine.options
-            return seg.window_segments(text, self.tokenizer, opts.max_length, opts.stride)
-        return seg.sentence_segments(text, self.tokenizer, "en" if english_prob >= 0.5 else "es")
-
-    def record(self, doc: DocLogits, operating_point: str | None = None) -> dict[str, Any]:
-        """One text's record from the engine's result: the one place records are built (API, CLI,
-        service, Ray). ``n_tokens``/``truncated``/``short`` say how much text the scores rest on."""
-        bot = np.float32([doc.bot])
-        probs = self.probabilities(bot, np.float32([doc.english]))
-        out: dict[str, Any] = {
-            "bot_prob": float(probs["bot_prob"][0]),
-            "english_prob": float(probs["english_prob"][0]),
-            "is_bot": bool(self.decide(bot, operating_point)[0]),
-            "n_chunks": int(doc.n_chunks),
-            "n_tokens": int(doc.n_tokens),
-            "truncated": bool(doc.truncated),
-            "short": bool(doc.n_tokens < self.min_tokens),
-        }
-        if operating_point is not None:
-            out["operating_point"] = operating_point
-        return out
 
 
 def load(

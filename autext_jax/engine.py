@@ -1,4 +1,4 @@
-"""The inference engine: tokenize → pack → jitted forward → restore input order, streaming.
+"""The inference engine: encode (``data/encoding.py``) → pack → jitted forward → input order, streaming.
 
 Why it is fast: the input is read in blocks of at most ``window`` texts; each block's token
 windows are packed several to a row (``batching.ShapePolicy``), each text attending only to itself
@@ -9,24 +9,20 @@ compiles one transformer block, not ``num_layers``. ``pack=False`` gives plain l
 one text per row (the same numbers; for comparison).
 
 Why memory stays flat: at most ``window`` inputs are in flight (read but not yet emitted), and a
-long text is only tokenized as far as it can be scored: ``long="truncate"`` tokenizes a character
-prefix (grown only if it yields too few tokens); ``long="chunk"`` tokenizes it in pieces cut at
-whitespace into one int32 array.
+long text is only tokenized as far as it can be scored (``data/encoding.py``).
 
 Long texts: ``long="truncate"`` keeps the first ``max_length`` tokens (as the original model card);
-``long="chunk"`` scores overlapping windows of ``max_length`` tokens (each with its own special
-tokens, consecutive windows sharing ``stride`` tokens) and averages the windows' logits weighted by
-their token counts; the probability is the sigmoid of that mean (``scores.scores_from_logits``).
+``long="chunk"`` scores overlapping windows of ``max_length`` tokens and averages the windows'
+logits weighted by their token counts; the probability is the sigmoid of that mean.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import re
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,14 +32,12 @@ from flax import nnx
 
 from autext_jax.compile_cache import counting_hits
 from autext_jax.data import batching
+from autext_jax.data.encoding import LONG_MODES, EncodedText, TextEncoder
 from autext_jax.errors import UsageError
 from autext_jax.model import stack_layers
 
 log = logging.getLogger(__name__)
 
-LONG_MODES = ("truncate", "chunk")
-_PREFIX_CHARS_PER_TOKEN = 16  # a character prefix this long per token holds max_length tokens in practice
-_PIECE_CHARS = 1 << 16  # chunk mode tokenizes very long texts in pieces of about this many characters
 
 
 class EngineOptionError(UsageError, ValueError):
@@ -100,6 +94,7 @@ class DocLogits:
 
     ``n_tokens``: the tokens the scores rest on (special tokens included; summed over windows when
     chunked). ``truncated``: the text had more tokens than ``max_length`` and only its start was scored.
+    ``facts``: what encoding learnt about the text (``EncodedText.facts``), for its record.
     """
 
     bot: float
@@ -107,6 +102,7 @@ class DocLogits:
     n_chunks: int
     n_tokens: int
     truncated: bool = False
+    facts: Mapping[str, Any] = field(default_factory=dict)
 
 
 class StopRequested(Exception):  # noqa: N818 - a request, not a failure
@@ -118,6 +114,7 @@ class _Doc:
     tag: Any
     windows: list[np.ndarray]
     truncated: bool = False
+    facts: Mapping[str, Any] = field(default_factory=dict)
     bot: float = 0.0
     english: float = 0.0
     n_tokens: int = 0
@@ -132,7 +129,7 @@ class _Doc:
             return None
         return DocLogits(
             self.bot / self.n_tokens, self.english / self.n_tokens, len(self.windows), self.n_tokens,
-            self.truncated,
+            self.truncated, self.facts,
         )
 
 
@@ -196,10 +193,10 @@ class InferenceEngine:
             min_tokens=options.min_tokens,
         )
         self.tokenizer = tokenizer
+        self.encoder = TextEncoder(tokenizer, options.max_length, options.long, options.stride)
         pad_id = tokenizer.pad_token_id
         self.pad_id = model.cfg.encoder.pad_token_id if pad_id is None else pad_id
         self.stats = EngineStats()
-        self._prefix, self._suffix = _special_tokens(tokenizer)
         self._place(model)
 
     def _place(self, model: nnx.Module) -> None:
@@ -325,18 +322,14 @@ class InferenceEngine:
     # -- internals --------------------------------------------------------------------------
 
     def _admit(self, chunk: list[tuple[Any, str | None]]) -> list[_Doc]:
-        texts = [t for _, t in chunk if t is not None]
-        for t in texts:
-            if not isinstance(t, str):
-                raise TypeError(f"texts must be strings, got {type(t).__name__}")
-        windows = iter(self._windows(texts))
+        encoded: Iterator[EncodedText] = iter(self.encoder.encode([t for _, t in chunk if t is not None]))
         docs = []
         for tag, text in chunk:
             if text is None:
                 docs.append(_Doc(tag, []))
             else:
-                cut, truncated = next(windows)
-                docs.append(_Doc(tag, cut, truncated))
+                one = next(encoded)
+                docs.append(_Doc(tag, one.windows, one.truncated, one.facts))
         return docs
 
     def _score_block(
@@ -383,98 +376,3 @@ class InferenceEngine:
                 stats.windows += 1
                 stats.real_tokens += n
                 stats.attention_real += n * n
-
-    def _windows(self, texts: list[str]) -> list[tuple[list[np.ndarray], bool]]:
-        """Per text, its token windows (special tokens included) as int32 arrays, and whether it was cut."""
-        if not texts:
-            return []
-        if self.options.long == "truncate":
-            n = self.max_length
-            out = []
-            for ids in self._tokenize_truncated(texts, n + 1):  # one token more says whether it was cut
-                cut = len(ids) > n
-                if cut:
-                    ids = ids[: n - len(self._suffix)] + ids[len(ids) - len(self._suffix) :]
-                out.append(([np.asarray(ids, dtype=np.int32)], cut))
-            return out
-        body = self.max_length - len(self._prefix) - len(self._suffix)
-        step = body - self.options.stride
-        prefix, suffix = np.int32(self._prefix), np.int32(self._suffix)
-        out = []
-        for ids in self._tokenize_plain(texts):
-            starts = range(0, max(len(ids) - self.options.stride, 1), step)
-            out.append(([np.concatenate([prefix, ids[s : s + body], suffix]) for s in starts], False))
-        return out
-
-    def _tokenize_truncated(self, texts: list[str], n: int | None = None) -> list[list[int]]:
-        """``batching.tokenize`` truncated to ``n`` tokens, reading only as much of each text as needed.
-
-        A text longer than the prefix budget is tokenized from a character prefix; the prefix is
-        accepted when it and one twice as long give the same ``n`` tokens (so a cut word at its end
-        changed nothing), else it doubles, up to the whole text. ``n`` defaults to ``max_length``.
-        """
-        n = n or self.max_length
-        budget = self.max_length * _PREFIX_CHARS_PER_TOKEN
-        out = batching.tokenize(self.tokenizer, [t if len(t) <= budget else "" for t in texts], n)
-        for i, text in enumerate(texts):
-            size = budget
-            while len(text) > budget:
-                first, second = batching.tokenize(self.tokenizer, [text[:size], text[: 2 * size]], n)
-                if 2 * size >= len(text) or (first == second and len(first) == n):
-                    out[i] = second
-                    break
-                size *= 2
-        return out
-
-    def _tokenize_plain(self, texts: list[str]) -> list[np.ndarray]:
-        """Token ids without special tokens or truncation (for chunking long texts), as int32 arrays.
-
-        A very long text is tokenized in pieces cut before a whitespace that follows a non-space
-        (the XLM-R tokenizer splits on whitespace first, so the ids are the same) to bound the
-        tokenizer's per-token memory. Through the tokenizer's own ``__call__`` (it resets
-        truncation state left by earlier calls), with its "sequence longer than the maximum"
-        warning silenced: chunking is the point here.
-        """
-        from transformers.utils import logging as hf_logging
-
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
-            out = []
-            for text in texts:
-                pieces = _pieces(text, _PIECE_CHARS)
-                parts = []
-                for at in range(0, len(pieces), 8):  # a few pieces at a time: bounded tokenizer memory
-                    ids = self.tokenizer(pieces[at : at + 8], add_special_tokens=False, truncation=False)
-                    parts.append(np.fromiter((t for p in ids["input_ids"] for t in p), dtype=np.int32))
-                out.append(np.concatenate(parts))
-            return out
-        finally:
-            hf_logging.set_verbosity(verbosity)
-
-
-_CUT = re.compile(r"(?<=\S)\s")
-
-
-def _pieces(text: str, size: int) -> list[str]:
-    """``text`` cut into pieces of ``size`` to ``2·size`` characters, each cut before a whitespace run
-    (a stretch of ``size`` characters without one is cut where it is: only its edge tokens may change)."""
-    pieces, start = [], 0
-    while len(text) - start > 2 * size:
-        match = _CUT.search(text, start + size, start + 2 * size)
-        cut = match.start() if match is not None else start + size
-        pieces.append(text[start:cut])
-        start = cut
-    pieces.append(text[start:])
-    return pieces
-
-
-def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
-    """The ids the tokenizer puts before and after a single text (``<s>`` and ``</s>`` for XLM-R)."""
-    probe = "a"
-    with_special = tokenizer(probe, add_special_tokens=True)["input_ids"]
-    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
-    for start in range(len(with_special) - len(plain) + 1):
-        if with_special[start : start + len(plain)] == plain:
-            return with_special[:start], with_special[start + len(plain) :]
-    raise ValueError("cannot locate the special tokens this tokenizer adds around a text")

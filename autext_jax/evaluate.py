@@ -25,6 +25,7 @@ import numpy as np
 
 from autext_jax import calibration as calib
 from autext_jax import cli
+from autext_jax.decision import Decision
 from autext_jax.errors import AutextError, UsageError
 from autext_jax.metrics import (
     CLASS_NAMES,
@@ -39,6 +40,7 @@ from autext_jax.metrics import (
     sweep,
     threshold_for_fpr,
 )
+from autext_jax.records import Layout, RecordBuilder
 
 # ---- report ----------------------------------------------------------------------------------
 
@@ -293,7 +295,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     detector = autext_jax.load(
         args.model, max_length=args.max_length, batch_size=args.batch_size, calibrated=False
     )
-    logits = detector.logits(column_values(ds, "text"))
+    docs = [doc for _, doc, _ in detector.scored(enumerate(column_values(ds, "text")))]
+    logits = {
+        "bot": np.float32([d.bot for d in docs]),
+        "english": np.float32([d.english for d in docs]),
+    }
     probs = scores_from_logits(logits["bot"], logits["english"], 0.5)
     use_model_threshold = args.threshold is None and args.target_fpr is None
     threshold = float(detector.raw_threshold) if use_model_threshold else args.threshold
@@ -325,7 +331,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             bot_labels,
             english_logits=logits["english"],
             english_labels=np.asarray(column_values(ds, "english")),
-            n_tokens=_token_counts(detector, column_values(ds, "text")),
+            n_tokens=[d.n_tokens for d in docs],
             method=args.calibration_method,
             fitted_on={
                 "data": [str(p) for p in args.data],
@@ -345,18 +351,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     if args.save_predictions:
-        final = scores_from_logits(logits["bot"], logits["english"], report["threshold"])
-        with open(out_dir / "predictions.jsonl", "w") as f:
-            for i, row_id in enumerate(column_values(ds, "id")):
-                record = {
-                    "id": row_id,
-                    "language": languages[i],
-                    "label": int(bot_labels[i]),
-                    "bot_prob": float(final["bot_prob"][i]),
-                    "english_prob": float(final["english_prob"][i]),
-                    "is_bot": bool(final["is_bot"][i]),
-                }
-                f.write(json.dumps(record, allow_nan=False) + "\n")
+        _write_predictions(out_dir / "predictions.jsonl", ds, docs, Decision(report["threshold"]))
     if not args.no_plots:
         _reliability_plot(out_dir, logits["bot"][labelled], bot_labels[labelled], detector.model_dir, fitted)
         write_plots(
@@ -369,10 +364,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _token_counts(detector, texts: list[str]) -> list[int]:
-    """Tokens each text is scored with (special tokens included, truncated as the engine does)."""
-    ids = detector.tokenizer(texts, truncation=True, max_length=detector.engine.max_length)["input_ids"]
-    return [len(x) for x in ids]
+def _write_predictions(path: Path, ds, docs, decision: Decision) -> None:
+    """One record per row (``records.py``, decided at the report's threshold), with its language and label."""
+    from autext_jax.data.dataset import column_values
+
+    builder = RecordBuilder(decision, Layout(ids=True, chunks=False))
+    columns = [column_values(ds, name) for name in ("id", "language", "bot")]
+    rows = zip(*columns, docs, strict=True)
+    with open(path, "w") as f:
+        for row_id, language, label, doc in rows:
+            record = {**builder.build(doc, id=row_id), "language": language, "label": int(label)}
+            f.write(json.dumps(record, allow_nan=False) + "\n")
 
 
 def _reliability_plot(out_dir: Path, z, y, model_dir, fitted: calib.Calibration | None) -> Path:

@@ -22,15 +22,14 @@ if __name__ == "__main__":  # ``python -m``: take the signals before anything sl
 import argparse  # noqa: E402 - after the signal handlers
 import io  # noqa: E402
 import logging  # noqa: E402
-import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import IO, Any  # noqa: E402
+from typing import IO  # noqa: E402
 
-from autext_jax import cli, corpus, inputs, paths  # noqa: E402
+from autext_jax import cli, corpus, inputs, paths, records  # noqa: E402
 from autext_jax.config import COMPUTE_DTYPES  # noqa: E402
 from autext_jax.errors import InputDataError as InputError  # noqa: E402
 from autext_jax.errors import UsageError  # noqa: E402
@@ -118,20 +117,21 @@ def _open_output(path: str | None) -> IO[str] | IO[bytes]:
     return raw
 
 
+def layout_of(args: argparse.Namespace) -> records.Layout:
+    """The fields of this run's records (``records.py``); corpus parts also name their input file."""
+    return records.Layout(
+        ids=True,
+        chunks=args.long == "chunk",
+        operating_point=args.operating_point,
+        segments=args.segments,
+        source=getattr(args, "corpus_mode", False),
+        text=args.include_text,
+        errors=args.on_error == "skip",
+    )
+
+
 def output_columns(args: argparse.Namespace) -> list[str]:
-    columns = ["id", "bot_prob", "english_prob", "is_bot"]
-    if args.long == "chunk":
-        columns.append("n_chunks")
-    columns += ["n_tokens", "truncated", "short"]
-    if args.operating_point:
-        columns.append("operating_point")
-    if args.segments:
-        columns.append("segments")
-    if args.include_text:
-        columns.append("text")
-    if args.on_error == "skip":
-        columns.append("error")
-    return columns
+    return layout_of(args).columns()
 
 
 def output_format(args: argparse.Namespace) -> str:
@@ -215,6 +215,7 @@ def _main(args: argparse.Namespace, stop: StopFlag) -> int:
         args.inputs = ["-"]
     cli.setup_logging("autext-jax", verbose=args.verbose)
     corpus_mode = bool(args.output) and (args.output.endswith("/") or paths.isdir(args.output))
+    args.corpus_mode = corpus_mode
     args.files = expand_inputs(args.inputs)
     check_paths(args.files, args.output, corpus_mode)
     fmt = output_format(args)
@@ -280,8 +281,8 @@ def _run_corpus(args: argparse.Namespace, detector, fmt: str, shard, stop: StopF
     def score(part: corpus.Part, writer) -> corpus.Result:
         result = corpus.Result()
         items = corpus.part_items(part, args.on_error, columns)
-        for record in _records(args, detector, items, stop):
-            result.errors += "error" in record
+        for record in _records(args, detector, items, stop, source=part.path):
+            result.errors += record.get("error") is not None
             writer.write(record)
             result.records += 1
         return result
@@ -334,28 +335,19 @@ def _stream_options(args: argparse.Namespace) -> dict[str, int]:
     return {}
 
 
-def _records(args: argparse.Namespace, detector, items: Iterator[Item], stop: StopFlag) -> Iterator[dict]:
-    """One output record per input item, in order (``Detector.record`` builds the scores)."""
+def _records(
+    args: argparse.Namespace, detector, items: Iterator[Item], stop: StopFlag, source: str | None = None
+) -> Iterator[dict]:
+    """One output record per input item, in order (``records.py`` builds them)."""
     from autext_jax.engine import StopRequested
 
+    builder = detector.builder(layout_of(args))
     try:
-        scored_items = ((item, item.text) for item in items)
-        records = detector.stream_records(
-            scored_items, segments=args.segments, operating_point=args.operating_point, stop=stop
-        )
-        for item, scored in records:
-            record: dict[str, Any] = {"id": item.id}
-            if scored is not None:
-                if not math.isfinite(scored["bot_prob"]) or not math.isfinite(scored["english_prob"]):
-                    raise InputError(
-                        f"record {item.id!r}: the model gave a non-finite score (broken weights or dtype)"
-                    )
-                record.update(scored)
-            else:
-                record["error"] = item.error
-            if args.include_text:
-                record["text"] = item.text
-            yield record
+        scored = detector.scored(((item, item.text) for item in items), segments=args.segments, stop=stop)
+        for item, doc, spans in scored:
+            yield builder.build(
+                doc, id=item.id, text=item.text, error=item.error, source=source, segments=spans
+            )
     except StopRequested:
         stop.check()
         raise

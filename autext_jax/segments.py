@@ -13,13 +13,23 @@ cover the whole document and each segment is a run of whole sentences.
 
 ``windows`` gives the character spans of the token windows ``--long chunk`` scores (from the
 tokenizer's offsets), so a long document's windows can be reported the same way.
+
+``scored`` runs it all on an engine: each block of documents first (their language picks the
+splitter's rules), then all their segments in one engine run; a document that is one segment and
+was scored whole keeps its own score. ``records.py`` turns the raw logits into ``bot_prob``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from typing import TYPE_CHECKING, Any
 
 from autext_jax.errors import UsageError
+
+if TYPE_CHECKING:
+    from autext_jax.engine import DocLogits, InferenceEngine
 
 MODES = ("sentence", "window")
 MIN_SEGMENT_TOKENS = 30
@@ -118,3 +128,62 @@ def window_segments(
     cuts = [0] + [offsets[s + stride][0] if s + stride < len(offsets) else offsets[s][0] for s in starts[1:]]
     ends = cuts[1:] + [len(text)]
     return [(a, b) for a, b in zip(cuts, ends, strict=True) if b > a]
+
+
+@dataclass(frozen=True)
+class ScoredSpan:
+    """A segment: character offsets ``[start, end)`` and its raw bot logit."""
+
+    start: int
+    end: int
+    bot: float
+
+
+def scored(
+    engine: InferenceEngine,
+    items: Iterable[tuple[Any, str | None]],
+    mode: str,
+    language_of: Callable[[DocLogits], str],
+    stop: Callable[[], bool] | None = None,
+) -> Iterator[tuple[Any, DocLogits | None, list[ScoredSpan]]]:
+    """``(tag, text)`` pairs → ``(tag, DocLogits, segments)`` in input order, a block of ``window`` at a time.
+
+    ``language_of(doc)`` picks the sentence splitter's language (``"en"``/``"es"``). If reading
+    ``items`` raises, the results of everything read before are yielded first.
+    """
+    check_mode(mode)
+    source = iter(items)
+    window = engine.options.window
+    while True:
+        block: list[tuple[Any, str | None]] = []
+        try:
+            block.extend(islice(source, window))
+        except Exception:
+            yield from _block(engine, block, mode, language_of, stop)
+            raise
+        if block:
+            yield from _block(engine, block, mode, language_of, stop)
+        if len(block) < window:
+            return
+
+
+def _block(engine, block, mode, language_of, stop):
+    docs = [doc for _, doc in engine.run(block, stop)]
+    spans: list[list[tuple[int, int]]] = []
+    pieces = []
+    for k, ((_, text), doc) in enumerate(zip(block, docs, strict=True)):
+        spans.append([] if doc is None else _spans(engine, text, mode, language_of(doc)))
+        whole = len(spans[k]) == 1 and doc.n_chunks == 1
+        if not whole:  # one segment of an untruncated text: its score is the document's
+            pieces += [((k, j), text[a:b]) for j, (a, b) in enumerate(spans[k])]
+    own = {tag: doc for tag, doc in engine.run(pieces, stop)}
+    for k, doc in enumerate(docs):
+        segments = [ScoredSpan(a, b, own.get((k, j), doc).bot) for j, (a, b) in enumerate(spans[k])]
+        yield block[k][0], doc, segments
+
+
+def _spans(engine, text: str, mode: str, language: str) -> list[tuple[int, int]]:
+    if mode == "window":
+        opts = engine.options
+        return window_segments(text, engine.tokenizer, opts.max_length, opts.stride)
+    return sentence_segments(text, engine.tokenizer, language)

@@ -104,15 +104,9 @@ class ParquetWriter:
     index (``int_ids``), else a string. Probabilities are float64 (the same values as JSONL)."""
 
     def __init__(self, stream: IO[bytes], columns: list[str], name: str, int_ids: bool):
-        import pyarrow as pa
+        from autext_jax.records import arrow_schema
 
-        types = {"id": pa.int64() if int_ids else pa.string(), "bot_prob": pa.float64(),
-                 "english_prob": pa.float64(), "is_bot": pa.bool_(), "n_tokens": pa.int64(),
-                 "truncated": pa.bool_(), "short": pa.bool_(), "n_chunks": pa.int64(), "text": pa.string(),
-                 "error": pa.string(), "operating_point": pa.string(),
-                 "segments": pa.list_(pa.struct([("start", pa.int64()), ("end", pa.int64()),
-                                                 ("bot_prob", pa.float64())]))}
-        self.schema = pa.schema([(c, types.get(c, pa.string())) for c in columns])
+        self.schema = arrow_schema(columns, int_ids)
         self.stream = stream
         self.columns = columns
         self.name = name

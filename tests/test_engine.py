@@ -257,7 +257,7 @@ class _CountingTokenizer:
 
 
 def test_a_huge_line_is_tokenized_only_as_far_as_it_is_scored(model, tokenizer, monkeypatch):
-    from autext_jax import engine as engine_lib
+    from autext_jax.data import encoding
 
     line = " ".join(make_texts(4000, seed=8, max_words=80))  # ≈ 0.6 MB on one line
     counting = _CountingTokenizer(tokenizer)
@@ -267,12 +267,12 @@ def test_a_huge_line_is_tokenized_only_as_far_as_it_is_scored(model, tokenizer, 
     want = make_engine(model, tokenizer, max_length=64, batch_size=2).logits(["the cat"])
     np.testing.assert_allclose(got["bot"][1], want["bot"][0], atol=1e-6)
     full = batching.tokenize(tokenizer, [line], 64)
-    assert engine._tokenize_truncated([line]) == full
+    assert engine.encoder.tokenize_truncated([line]) == full
     # Chunk mode tokenizes it in whitespace-cut pieces: the same ids as one call on the whole text.
-    monkeypatch.setattr(engine_lib, "_PIECE_CHARS", 500)
+    monkeypatch.setattr(encoding, "_PIECE_CHARS", 500)
     chunked = make_engine(model, counting, max_length=64, long="chunk", stride=8)
     counting.longest = 0
-    ids = chunked._tokenize_plain([line])[0]
+    ids = chunked.encoder.tokenize_plain([line])[0]
     assert counting.longest <= 1000 + 1
     whole = tokenizer(line, add_special_tokens=False)["input_ids"]
     assert ids.dtype == np.int32 and ids.tolist() == whole

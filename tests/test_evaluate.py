@@ -184,14 +184,16 @@ def test_threshold_tuning_on_one_class_is_refused():
 
 def test_cli_on_nan_predictions_is_an_error_naming_how_many(tmp_path, tiny_model_dir, capsys, monkeypatch):
     from autext_jax.api import Detector
+    from autext_jax.engine import DocLogits
 
     rows = ["id\ttext\tlabel", "1\tthe cat\thuman", "2\tel gato\tgenerated", "3\tla\thuman"]
     (tmp_path / "d.tsv").write_text("\n".join(rows) + "\n")
 
-    def nan_logits(self, texts):
-        return {"bot": np.array([0.1, np.nan, np.nan], np.float32), "english": np.zeros(3, np.float32)}
+    def nan_scored(self, items, **_):
+        for (tag, _), bot in zip(items, [0.1, np.nan, np.nan], strict=True):
+            yield tag, DocLogits(bot, 0.0, 1, 4), None
 
-    monkeypatch.setattr(Detector, "logits", nan_logits)
+    monkeypatch.setattr(Detector, "scored", nan_scored)
     argv = ["--model", str(tiny_model_dir), "--data", str(tmp_path / "d.tsv"), "--output-dir", str(tmp_path)]
     assert ev.main(argv) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]  # (after the datasets progress bars)
