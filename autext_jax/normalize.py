@@ -38,6 +38,7 @@ import numpy as np
 from autext_jax import case as case_step
 
 REASONS = ("invisible", "confusable", "case", "space")
+NORMALIZATION_VERSION = "normalize-1"  # bump when the output for some text changes (cached token ids)
 
 _ZWJ, _ZWNJ, _BOM = "\u200d", "\u200c", "\ufeff"
 _VARIATION_SELECTORS = ((0xFE00, 0xFE0F), (0xE0100, 0xE01EF), (0x180B, 0x180F))
@@ -85,6 +86,15 @@ class Normalized:
             at = int(self.origin[start]) if start < n else self.original_length
             return at, at
         return int(self.origin[start]), int(self.origin[end - 1]) + 1
+
+    def original_tiling(self, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Spans that tile the normalized text, mapped to spans that tile the original: each cut
+        moves to the original index of the character after it (a removed character before a cut
+        joins the next span), the first span starts at 0 and the last ends at the original's end."""
+        if self.origin is None or not spans:
+            return list(spans)
+        cuts = [0] + [self.original_offset(start) for start, _ in spans[1:]] + [self.original_length]
+        return list(zip(cuts[:-1], cuts[1:], strict=True))
 
     def original_offset(self, index: int) -> int:
         """The original index of normalized position ``index`` (``len(text)`` maps to the original's end)."""

@@ -3,6 +3,8 @@
 ``TextEncoder.encode`` is the one entry from text to tokens for scoring (the engine calls nothing
 else), so anything that must happen to every text just before it is tokenized goes there once, and
 what it learns about a text travels with it in ``EncodedText.facts`` to the record (``records.py``).
+That is where ``normalize.normalize`` runs (unless ``normalize=False``): the text tokenized is the
+normalized one, and the facts say ``obfuscated`` and ``n_changed``.
 
 Long texts: ``long="truncate"`` keeps the first ``max_length`` tokens (as the original model card)
 and tokenizes only a character prefix (grown only if it yields too few tokens); ``long="chunk"``
@@ -15,12 +17,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from autext_jax.data import batching
+from autext_jax.normalize import Normalized, normalize
 
 LONG_MODES = ("truncate", "chunk")
 _PREFIX_CHARS_PER_TOKEN = 16  # a character prefix this long per token holds max_length tokens in practice
@@ -40,14 +43,21 @@ class EncodedText:
 class TextEncoder:
     """Tokenizes texts into scoring windows of ``max_length`` tokens (see the module docstring)."""
 
-    def __init__(self, tokenizer, max_length: int, long: str = "truncate", stride: int = 128):
+    def __init__(
+        self, tokenizer, max_length: int, long: str = "truncate", stride: int = 128, normalize: bool = True
+    ):
         if long not in LONG_MODES:
             raise ValueError(f"long must be one of {LONG_MODES}, got {long!r}")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.long = long
         self.stride = stride
+        self.normalize = normalize
         self.prefix, self.suffix = special_tokens(tokenizer)
+
+    def prepare(self, text: str) -> Normalized:
+        """The text as it is tokenized: normalized (``normalize.py``), or as given (``normalize=False``)."""
+        return normalize(text) if self.normalize else Normalized(text, len(text))
 
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:
         """Per text, in order, its windows (one unless ``long="chunk"`` and the text is longer)."""
@@ -56,16 +66,26 @@ class TextEncoder:
                 raise TypeError(f"texts must be strings, got {type(text).__name__}")
         if not texts:
             return []
+        prepared = [self.prepare(text) for text in texts]
+        texts = [p.text for p in prepared]
         if self.long == "truncate":
-            return [self._truncated(ids) for ids in self.tokenize_truncated(texts, self.max_length + 1)]
-        body = self.max_length - len(self.prefix) - len(self.suffix)
-        step = body - self.stride
-        prefix, suffix = np.int32(self.prefix), np.int32(self.suffix)
-        out = []
-        for ids in self.tokenize_plain(texts):
-            starts = range(0, max(len(ids) - self.stride, 1), step)
-            out.append(EncodedText([np.concatenate([prefix, ids[s : s + body], suffix]) for s in starts]))
-        return out
+            encoded = [self._truncated(ids) for ids in self.tokenize_truncated(texts, self.max_length + 1)]
+        else:
+            body = self.max_length - len(self.prefix) - len(self.suffix)
+            step = body - self.stride
+            prefix, suffix = np.int32(self.prefix), np.int32(self.suffix)
+            encoded = []
+            for ids in self.tokenize_plain(texts):
+                starts = range(0, max(len(ids) - self.stride, 1), step)
+                encoded.append(
+                    EncodedText([np.concatenate([prefix, ids[s : s + body], suffix]) for s in starts])
+                )
+        if not self.normalize:
+            return encoded
+        return [
+            replace(e, facts={"obfuscated": p.obfuscated, "n_changed": p.changed})
+            for e, p in zip(encoded, prepared, strict=True)
+        ]
 
     def _truncated(self, ids: list[int]) -> EncodedText:
         """``ids`` were tokenized to one token more than fits: more means the text was cut."""
