@@ -100,6 +100,16 @@ def test_study_reports_every_attack_before_and_after(tmp_path, tiny_model_dir):
     assert "| homoglyph |" in table and f"Clean token ids unchanged: {report['n']} of {report['n']}" in table
 
 
+def test_flags_only_counts_without_scoring(tmp_path, capsys):
+    data = _write_data(tmp_path / "data")
+    argv = ["--data", str(data), "--val-fraction", "0.5", "--flags-only", "--attacks", "homoglyph", "case_inner"]
+    assert study.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["token_ids"]["ids_unchanged"] == report["n"] > 0
+    assert report["flags"]["none"] == {"flagged_human": 0.0, "flagged_generated": 0.0, "changed": 0.0}
+    assert report["flags"]["homoglyph"]["flagged_human"] == report["flags"]["homoglyph"]["changed"] == 1.0
+
+
 def test_study_refuses_a_bad_rate(tmp_path, capsys):
     assert study.main(["--data", str(tmp_path), "--rate", "nonsense=1"]) == 2
     assert "unknown attack 'nonsense'" in capsys.readouterr().err

@@ -55,24 +55,24 @@ def validation_split(data: Sequence[str], limit: int | None, seed: int, fraction
 
 
 class Scorer:
-    """Raw-text and normalized scoring with one loaded model: ``(bot_prob, obfuscated)`` per text."""
+    """The model loaded twice, raw (``normalize=False``) and normalizing (the default), scoring
+    through the API's records: ``(bot_prob, obfuscated)`` per text."""
 
     def __init__(self, model: str | None, max_length: int):
         import autext_jax
 
-        self.detector = autext_jax.load(model, calibrated=False, max_length=max_length)
+        common = {"calibrated": False, "max_length": max_length}
+        self.detectors = {
+            False: autext_jax.load(model, normalize=False, **common),
+            True: autext_jax.load(model, **common),
+        }
+        self.detector = self.detectors[True]
         self.threshold = float(self.detector.raw_threshold)
 
     def score(self, texts: list[str], normalize: bool) -> tuple[np.ndarray, np.ndarray]:
-        from autext_jax.normalize import normalize as normalized
-        from autext_jax.scores import sigmoid
-
-        flags = np.zeros(len(texts), dtype=bool)
-        if normalize:
-            results = [normalized(t) for t in texts]
-            texts = [r.text for r in results]
-            flags = np.asarray([r.obfuscated for r in results], dtype=bool)
-        return sigmoid(self.detector.logits(texts)["bot"]), flags
+        records = self.detectors[normalize].score_records(texts)
+        probs = np.float32([r["bot_prob"] for r in records])
+        return probs, np.asarray([bool(r["obfuscated"]) for r in records], dtype=bool)
 
 
 def group_metrics(labels: np.ndarray, probs: np.ndarray, flags: np.ndarray, threshold: float) -> dict:
@@ -120,6 +120,27 @@ def measure(split: Split, scorer: Scorer, attacks: list[str], rates: dict[str, f
         out[name] = row
         before_f1, after_f1 = row["before"]["all"]["macro_f1"], row["after"]["all"]["macro_f1"]
         print(f"{name}: macro-F1 {before_f1:.3f} -> {after_f1:.3f}", flush=True)
+    return out
+
+
+def flag_rates(split: Split, attacks: list[str], rates: dict[str, float], seed: int) -> dict[str, dict]:
+    """Without the model: per attack (and ``none``), the share of human and generated texts that
+    ``normalize`` flags ``obfuscated`` (the same call the scoring path makes) and that it changes."""
+    from autext_jax.normalize import normalize
+
+    generated = split.labels == 1
+    out = {}
+    for name in ["none", *attacks]:
+        texts = (
+            split.texts if name == "none" else attack_texts(split.texts, ATTACKS[name], rates.get(name), seed)
+        )
+        results = [normalize(t) for t in texts]
+        flags = np.asarray([r.obfuscated for r in results], dtype=bool)
+        out[name] = {
+            "flagged_human": float(flags[~generated].mean()),
+            "flagged_generated": float(flags[generated].mean()),
+            "changed": float(np.mean([r.changed > 0 for r in results])),
+        }
     return out
 
 
@@ -204,6 +225,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--output-dir", default="runs/evasion")
+    parser.add_argument(
+        "--flags-only",
+        action="store_true",
+        help="no scoring: print the flag rates per attack and the clean token-id check as JSON",
+    )
     cli.add_debug_flag(parser)
     return parser
 
@@ -219,6 +245,17 @@ def _main(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be positive, got {args.limit}")
     split = validation_split(args.data, args.limit, args.seed, args.val_fraction)
+    if args.flags_only:
+        from autext_jax.hub import load_tokenizer, resolve_model_dir
+
+        tokenizer = load_tokenizer(resolve_model_dir(args.model))
+        report = {
+            "n": len(split.texts),
+            "token_ids": token_ids_unchanged(split.texts, tokenizer, args.max_length),
+            "flags": flag_rates(split, args.attacks, rates, args.seed),
+        }
+        print(json.dumps(report, indent=2))
+        return 0
     scorer = Scorer(args.model, args.max_length)
     ids = token_ids_unchanged(split.texts, scorer.detector.tokenizer, args.max_length)
     results = measure(split, scorer, args.attacks, rates, args.seed)
