@@ -102,7 +102,8 @@ def test_study_reports_every_attack_before_and_after(tmp_path, tiny_model_dir):
 
 def test_flags_only_counts_without_scoring(tmp_path, capsys):
     data = _write_data(tmp_path / "data")
-    argv = ["--data", str(data), "--val-fraction", "0.5", "--flags-only", "--attacks", "homoglyph", "case_inner"]
+    argv = ["--data", str(data), "--val-fraction", "0.5", "--flags-only"]
+    argv += ["--attacks", "homoglyph", "case_inner"]
     assert study.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["token_ids"]["ids_unchanged"] == report["n"] > 0
