@@ -313,6 +313,14 @@ def normalize_overhead(args: argparse.Namespace, texts: list[str]) -> int:
         total = sum(seconds[flag])
         print(f"{label}: {len(texts) * args.rounds / total:.1f} texts/s over {args.rounds} rounds "
               f"({', '.join(f'{s:.2f}' for s in seconds[flag])} s)")  # fmt: skip
+    from autext_jax.normalize import normalize
+
+    start = time.perf_counter()
+    changed = sum(1 for text in texts if normalize(text).changed)
+    alone = time.perf_counter() - start
+    share = 100 * alone * args.rounds / sum(seconds[False])
+    print(f"normalize() alone: {1e6 * alone / len(texts):.0f} µs per text ({changed} of {len(texts)} "
+          f"changed), {share:.2f}% of the scoring time without it")  # fmt: skip
     ratio = sum(seconds[True]) / sum(seconds[False])
     pairs = ", ".join(f"{on / off:.3f}" for off, on in zip(seconds[False], seconds[True], strict=True))
     print(f"time with / without normalization: {ratio:.3f} (per round: {pairs})")

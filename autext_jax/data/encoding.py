@@ -16,7 +16,7 @@ whitespace into one int32 array, so memory stays bounded for any line length.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -57,7 +57,7 @@ class TextEncoder:
 
     def prepare(self, text: str) -> Normalized:
         """The text as it is tokenized: normalized (``normalize.py``), or as given (``normalize=False``)."""
-        return normalize(text) if self.normalize else Normalized(text, len(text))
+        return normalize(text) if self.normalize else _as_given(text)
 
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:
         """Per text, in order, its windows (one unless ``long="chunk"`` and the text is longer)."""
@@ -66,16 +66,17 @@ class TextEncoder:
                 raise TypeError(f"texts must be strings, got {type(text).__name__}")
         if not texts:
             return []
-        prepared = [self.prepare(text) for text in texts]
-        texts = [p.text for p in prepared]
         if self.long == "truncate":
-            encoded = [self._truncated(ids) for ids in self.tokenize_truncated(texts, self.max_length + 1)]
+            pairs = self._prefix_tokens(texts, self.max_length + 1, self.prepare)
+            encoded = [self._truncated(ids) for ids, _ in pairs]
+            prepared = [p for _, p in pairs]
         else:
+            prepared = [self.prepare(text) for text in texts]
             body = self.max_length - len(self.prefix) - len(self.suffix)
             step = body - self.stride
             prefix, suffix = np.int32(self.prefix), np.int32(self.suffix)
             encoded = []
-            for ids in self.tokenize_plain(texts):
+            for ids in self.tokenize_plain([p.text for p in prepared]):
                 starts = range(0, max(len(ids) - self.stride, 1), step)
                 encoded.append(
                     EncodedText([np.concatenate([prefix, ids[s : s + body], suffix]) for s in starts])
@@ -96,21 +97,30 @@ class TextEncoder:
         return EncodedText([np.asarray(ids, dtype=np.int32)], cut)
 
     def tokenize_truncated(self, texts: Sequence[str], n: int | None = None) -> list[list[int]]:
-        """``batching.tokenize`` truncated to ``n`` tokens, reading only as much of each text as needed.
+        """``batching.tokenize`` of the texts as given, truncated to ``n`` tokens (default ``max_length``),
+        reading only as much of each text as needed (see ``_prefix_tokens``)."""
+        return [ids for ids, _ in self._prefix_tokens(texts, n or self.max_length, _as_given)]
 
-        A text longer than the prefix budget is tokenized from a character prefix; the prefix is
-        accepted when it and one twice as long give the same ``n`` tokens (so a cut word at its end
-        changed nothing), else it doubles, up to the whole text. ``n`` defaults to ``max_length``.
+    def _prefix_tokens(
+        self, texts: Sequence[str], n: int, prepare: Callable[[str], Normalized]
+    ) -> list[tuple[list[int], Normalized]]:
+        """Per text, its first ``n`` tokens and the prepared (normalized) text they come from.
+
+        A text longer than the prefix budget is prepared and tokenized from a character prefix; the
+        prefix is accepted when it and one twice as long give the same ``n`` tokens (so a cut word at
+        its end changed nothing), else it doubles, up to the whole text. So a huge line is only
+        normalized and tokenized as far as it is scored (``n_changed`` counts that part).
         """
-        n = n or self.max_length
         budget = self.max_length * _PREFIX_CHARS_PER_TOKEN
-        out = batching.tokenize(self.tokenizer, [t if len(t) <= budget else "" for t in texts], n)
+        whole = [prepare(t) if len(t) <= budget else Normalized("", 0) for t in texts]
+        out = list(zip(batching.tokenize(self.tokenizer, [p.text for p in whole], n), whole, strict=True))
         for i, text in enumerate(texts):
             size = budget
             while len(text) > budget:
-                first, second = batching.tokenize(self.tokenizer, [text[:size], text[: 2 * size]], n)
+                shorter, longer = prepare(text[:size]), prepare(text[: 2 * size])
+                first, second = batching.tokenize(self.tokenizer, [shorter.text, longer.text], n)
                 if 2 * size >= len(text) or (first == second and len(first) == n):
-                    out[i] = second
+                    out[i] = (second, longer)
                     break
                 size *= 2
         return out
@@ -140,6 +150,10 @@ class TextEncoder:
             return out
         finally:
             hf_logging.set_verbosity(verbosity)
+
+
+def _as_given(text: str) -> Normalized:
+    return Normalized(text, len(text))
 
 
 _CUT = re.compile(r"(?<=\S)\s")
