@@ -19,7 +19,7 @@ import argparse
 import json
 import random
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,11 +91,19 @@ def group_metrics(labels: np.ndarray, probs: np.ndarray, flags: np.ndarray, thre
     }
 
 
-def measure(split: Split, scorer: Scorer, attacks: list[str], rates: dict[str, float], seed: int) -> dict:
+def measure(
+    split: Split,
+    scorer: Scorer,
+    attacks: list[str],
+    rates: dict[str, float],
+    seed: int,
+    done: Callable[[dict], None] = lambda results: None,
+) -> dict:
     """Per attack (and ``none``): metrics overall and per language, raw ("before") and normalized ("after").
 
     The normalizing path scores only the texts normalization changes; a text it leaves as it is
     is tokenized exactly as the raw one, so its raw score is its score (and it is not flagged).
+    ``done(results so far)`` is called after each attack (the CLI writes its files then).
     """
     from autext_jax.normalize import normalize
 
@@ -120,6 +128,7 @@ def measure(split: Split, scorer: Scorer, attacks: list[str], rates: dict[str, f
         out[name] = row
         before_f1, after_f1 = row["before"]["all"]["macro_f1"], row["after"]["all"]["macro_f1"]
         print(f"{name}: macro-F1 {before_f1:.3f} -> {after_f1:.3f}", flush=True)
+        done(out)
     return out
 
 
@@ -258,16 +267,18 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     scorer = Scorer(args.model, args.max_length)
     ids = token_ids_unchanged(split.texts, scorer.detector.tokenizer, args.max_length)
-    results = measure(split, scorer, args.attacks, rates, args.seed)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown(results, ids, len(split.texts))
     rates_used = {name: rates.get(name, ATTACKS[name].rate) for name in args.attacks}
-    report = {"n": len(split.texts), "limit": args.limit, "seed": args.seed, "rates": rates_used,
-              "token_ids": ids, "results": results}  # fmt: skip
-    (out / "evasion.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "evasion.md").write_text(table + "\n")
-    print(table)
+
+    def write(results: dict) -> None:
+        report = {"n": len(split.texts), "limit": args.limit, "seed": args.seed, "rates": rates_used,
+                  "token_ids": ids, "results": results}  # fmt: skip
+        (out / "evasion.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "evasion.md").write_text(markdown(results, ids, len(split.texts)) + "\n")
+
+    results = measure(split, scorer, args.attacks, rates, args.seed, write)
+    print(markdown(results, ids, len(split.texts)))
     return 0
 
 
