@@ -163,8 +163,15 @@ def _plain(chars: str) -> str:
 @cache
 def _suspect() -> re.Pattern[str]:
     """Any character the slow path may change: one C-level search decides whether to take it."""
-    chars = sorted(_invisible() | _odd_spaces() | set(fold_table()))
-    return re.compile("[" + "".join(re.escape(c) for c in chars) + "]")
+    codes = sorted(ord(c) for c in _invisible() | _odd_spaces() | set(fold_table()))
+    ranges: list[list[int]] = []
+    for code in codes:  # consecutive code points as ranges: a compact class is a fast one
+        if ranges and code == ranges[-1][1] + 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+    parts = (re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in ranges)
+    return re.compile("[" + "".join(parts) + "]")
 
 
 @cache
