@@ -1,19 +1,19 @@
-"""Detect case flips and restore a plausible casing (the case step of ``normalize.py``).
+"""Detect case flips inside words and restore a plausible casing (the case step of ``normalize.py``).
 
-Two evasions flip letter case: inside words ("hoUse", "THe") and at word starts (RAID's attack:
-"the House", a sentence starting "the"). Human and model text rarely shows either, so a text is
-treated as attacked only when such words are both several and a clear share of its words:
+Flipping the case of letters inside words ("hoUse", "THe") changes how the text tokenizes and
+throws a detector far off. Human and model text rarely has such words, so a text is treated as
+attacked when at least ``MIN_ODD`` different *odd* words make up at least ``MIN_SHARE`` of its
+words. Odd: a case change inside the word that no ordinary spelling has (ordinary: lower, UPPER,
+Title, CamelCase humps like "JavaScript"/"McDonald", an acronym plural like "URLs", one lower-case
+letter before a capitalised or upper-case rest like "iPhone", "eBay", "mRNA", "pH"). Flips of
+word-initial letters (RAID's upper/lower swap: "the House") make ordinary-looking words and are
+not undone; they barely move the detector (see the README's evasion table).
 
-- *odd* words: a case change inside the word that no ordinary spelling has (ordinary: lower,
-  UPPER, Title, CamelCase humps like "JavaScript"/"McDonald", an acronym plural like "URLs", one
-  lower-case letter before a capitalised or upper-case rest like "iPhone", "eBay", "mRNA", "pH");
-- *flipped starts*: a sentence starting in lower case, or a capitalised word mid-sentence whose
-  lower-case form the same text also uses mid-sentence ("of the House ... the house").
-
-An attacked text gets back, per word: the form the text itself uses most for that word in the
-middle of sentences (its own vote); else, for an odd word, its first letter as it is and the rest
-lower case (or upper case when most of the rest is upper: "NASa" → "NASA"); a sentence start is
-capitalised. Letters keep their positions (only same-length case changes), so offsets hold.
+In an attacked text each odd word gets back the form the text itself uses most for that word in
+the middle of sentences (its own vote: plain forms, or a CamelCase/"iPhone" form that occurs at
+least twice); else its first letter as it is and the rest lower case (or upper case when most of
+the rest is upper: "NASa" → "NASA"). Ordinary words are left alone. Letters keep their positions
+(only same-length case changes), so offsets hold.
 """
 
 from __future__ import annotations
@@ -65,10 +65,13 @@ def restore(chars: list[str]) -> int:
     odd = [word for _, word, _ in words if not ordinary(word)]
     if len({w.lower() for w in odd}) < MIN_ODD or len(odd) < MIN_SHARE * counted:
         return 0
-    votes = Counter(word for _, word, first in words if not first and ordinary(word))
+    # The text's own usage: plain forms (lower, UPPER, Title) anywhere, a CamelCase or "iPhone"
+    # form only when it occurs twice (a random flip rarely repeats itself exactly).
+    seen = Counter(word for _, word, first in words if not first and ordinary(word))
     forms: dict[str, Counter[str]] = {}
-    for word, n in votes.items():
-        forms.setdefault(word.lower(), Counter())[word] = n
+    for word, n in seen.items():
+        if ordinary(word, strict=True) or n >= 2:
+            forms.setdefault(word.lower(), Counter())[word] = n
     changed = 0
     for start, word, first in words:
         fixed = _fixed(word, first, forms.get(word.lower()))
@@ -80,14 +83,8 @@ def restore(chars: list[str]) -> int:
 
 
 def _fixed(word: str, first: bool, forms: Counter[str] | None) -> str:
-    """The casing this word gets in an attacked text (itself when nothing is wrong with it)."""
-    if ordinary(word, strict=True):
-        if first:
-            return word if not word[0].islower() else _same_length(word, word[0].upper() + word[1:])
-        if forms and len(forms) > 1:  # the text uses this word in several casings mid-sentence
-            best, best_n = forms.most_common(1)[0]
-            if best != word and best_n > forms[word]:
-                return best
+    """The casing an odd word gets in an attacked text (any other word stays as it is)."""
+    if ordinary(word, strict=True) or (forms and word in forms):
         return word
     if forms:
         best = forms.most_common(1)[0][0]
@@ -95,8 +92,7 @@ def _fixed(word: str, first: bool, forms: Counter[str] | None) -> str:
     rest = word[1:]
     upper = sum(c.isupper() for c in rest)
     rest = rest.upper() if len(rest) >= 2 and upper * 2 > len(rest) else rest.lower()
-    head = word[0].upper() if first else word[0]
-    return _same_length(word, head + rest)
+    return _same_length(word, word[0] + rest)
 
 
 def _same_length(word: str, fixed: str) -> str:
