@@ -107,7 +107,10 @@ def test_flags_only_counts_without_scoring(tmp_path, capsys):
     assert study.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["token_ids"]["ids_unchanged"] == report["n"] > 0
-    assert report["flags"]["none"] == {"flagged_human": 0.0, "flagged_generated": 0.0, "changed": 0.0}
+    assert report["flags"]["none"] == {"flagged_human": 0.0, "flagged_generated": 0.0, "changed": 0.0,
+                                       "words_wrong_before": 0.0, "words_wrong_after": 0.0}
+    assert report["flags"]["homoglyph"]["words_wrong_before"] > 0.5
+    assert report["flags"]["homoglyph"]["words_wrong_after"] == 0.0
     assert report["flags"]["homoglyph"]["flagged_human"] == report["flags"]["homoglyph"]["changed"] == 1.0
 
 

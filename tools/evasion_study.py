@@ -134,7 +134,9 @@ def measure(
 
 def flag_rates(split: Split, attacks: list[str], rates: dict[str, float], seed: int) -> dict[str, dict]:
     """Without the model: per attack (and ``none``), the share of human and generated texts that
-    ``normalize`` flags ``obfuscated`` (the same call the scoring path makes) and that it changes."""
+    ``normalize`` flags ``obfuscated`` (the same call the scoring path makes) and that it changes,
+    and the share of words (split at whitespace) that differ from the clean text before and after
+    normalization, for attacks that keep the word count (``None`` for the others)."""
     from autext_jax.normalize import normalize
 
     generated = split.labels == 1
@@ -149,8 +151,18 @@ def flag_rates(split: Split, attacks: list[str], rates: dict[str, float], seed: 
             "flagged_human": float(flags[~generated].mean()),
             "flagged_generated": float(flags[generated].mean()),
             "changed": float(np.mean([r.changed > 0 for r in results])),
+            "words_wrong_before": _words_wrong(split.texts, texts),
+            "words_wrong_after": _words_wrong(split.texts, [r.text for r in results]),
         }
     return out
+
+
+def _words_wrong(clean: list[str], texts: list[str]) -> float | None:
+    pairs = [(a.split(), b.split()) for a, b in zip(clean, texts, strict=True)]
+    if any(len(a) != len(b) for a, b in pairs):
+        return None
+    total = sum(len(a) for a, _ in pairs)
+    return sum(x != y for a, b in pairs for x, y in zip(a, b, strict=True)) / max(total, 1)
 
 
 def token_ids_unchanged(texts: list[str], tokenizer, max_length: int) -> dict[str, int]:
