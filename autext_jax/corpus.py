@@ -252,7 +252,7 @@ def writer_for(fmt: str, columns: list[str], id_column: str | None):
 
 
 def _int_ids(part: Part, id_column: str | None) -> bool:
-    if id_column is None:
+    if id_column is None or part.fmt == "txt":  # row numbers (as the CLI writes a file of .txt inputs)
         return True
     if part.fmt != "parquet":
         return False

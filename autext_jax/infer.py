@@ -82,6 +82,18 @@ def expand_inputs(specs: list[str]) -> list[str]:
     return files
 
 
+def check_texts(texts: list[str]) -> None:
+    """Refuse a positional text that names an existing file or folder: scoring the name itself is
+    never what was meant (a text that really is a file name can come on stdin)."""
+    for text in texts:
+        if text.strip() and "\n" not in text and os.path.exists(text):
+            kind = "folder" if os.path.isdir(text) else "file"
+            raise UsageError(
+                f"{text!r} is a {kind}, not a text to score: did you mean `-i {text}`? "
+                "(to score the words themselves, pipe them on stdin)"
+            )
+
+
 def check_paths(files: list[str], output: str | None, corpus_mode: bool = False) -> None:
     """Refuse what cannot work before anything is opened: unreadable inputs, an output that is an input."""
     for path in files:
@@ -220,7 +232,10 @@ def _main(args: argparse.Namespace, stop: StopFlag) -> int:
     cli.setup_logging("autext-jax", verbose=args.verbose)
     corpus_mode = bool(args.output) and (args.output.endswith("/") or paths.isdir(args.output))
     args.corpus_mode = corpus_mode
+    check_texts(args.texts)
     args.files = expand_inputs(args.inputs)
+    if corpus_mode:  # the parts, their ``source`` column and the folder's identity name inputs one way
+        args.files = [f if f == "-" else paths.resolved(f) for f in args.files]
     check_paths(args.files, args.output, corpus_mode)
     fmt = output_format(args)
     if fmt == "parquet" and not args.output:
@@ -237,6 +252,7 @@ def _main(args: argparse.Namespace, stop: StopFlag) -> int:
         raise UsageError("--shard needs corpus mode: an --output folder (ending in /)")
     stop.check()
     detector, cache_dir = _load_detector(args)
+    detector.builder(layout_of(args))  # an unknown operating point is refused before anything is written
     stop.check()
     log = logging.getLogger("autext_jax.infer")
     which = "the embedded default model " if args.model is None else ""
@@ -272,13 +288,7 @@ def _run_stream(args: argparse.Namespace, detector, fmt: str, stop: StopFlag, ca
 def _run_corpus(args: argparse.Namespace, detector, fmt: str, shard, stop: StopFlag, cache_dir) -> int:
     log = logging.getLogger("autext_jax.infer")
     parts = corpus.plan(args.files, args.input_format, args.rows_per_part)
-    identity = {
-        "inputs": args.files, "format": fmt, "text_column": args.text_column, "id_column": args.id_column,
-        "model": str(detector.model_dir), "threshold": detector.threshold, "dtype": args.dtype,
-        "max_length": args.max_length, "long": args.long, "stride": args.stride,
-        "on_error": args.on_error, "include_text": args.include_text, "rows_per_part": args.rows_per_part,
-        "normalize": not args.no_normalize,  # a rerun must not mix raw and normalized parts
-    }
+    identity = corpus_identity(args, detector, fmt)
     run = corpus.CorpusRun(args.output, parts, fmt, identity, shard)
     run.prepare()
     columns = columns_of(args)
@@ -300,6 +310,22 @@ def _run_corpus(args: argparse.Namespace, detector, fmt: str, shard, stop: StopF
              if totals["parts_done"] == totals["parts"] else " (other shards pending)")
     _report(log, detector, detector.stats.texts, time.perf_counter() - start, cache_dir)
     return 0
+
+
+def corpus_identity(args: argparse.Namespace, detector, fmt: str) -> dict:
+    """What a corpus folder holds: every input and option that changes its rows (inputs resolved, so
+    the same command typed from another folder or with absolute paths is the same run)."""
+    calibration = detector.calibration.to_json() if detector.calibration is not None else None
+    return {
+        "inputs": args.files, "input_format": args.input_format, "format": fmt,
+        "text_column": args.text_column, "id_column": args.id_column,
+        "model": paths.resolved(detector.model_dir), "calibration": calibration, "dtype": args.dtype,
+        "threshold": detector.threshold, "operating_point": args.operating_point,
+        "max_length": args.max_length, "long": args.long, "stride": args.stride, "segments": args.segments,
+        "on_error": args.on_error, "include_text": args.include_text, "rows_per_part": args.rows_per_part,
+        "columns": output_columns(args),
+        "normalize": not args.no_normalize,  # a rerun must not mix raw and normalized parts
+    }
 
 
 def _load_detector(args: argparse.Namespace):

@@ -73,6 +73,16 @@ def join(base: str | os.PathLike, *parts: str) -> str:
     return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
 
 
+def resolved(path: str | os.PathLike) -> str:
+    """One spelling per location: a local path made absolute (``~`` and ``file://`` expanded, ``..``
+    folded); a URL with its scheme lower-cased and repeated or trailing ``/`` dropped."""
+    text = str(path)
+    if not is_url(text):
+        return os.path.abspath(local(text))
+    rest = re.sub(r"/{2,}", "/", _URL.sub("", text)).rstrip("/")
+    return f"{scheme(text)}://{rest}"
+
+
 def name(path: str | os.PathLike) -> str:
     return str(path).rstrip("/").rsplit("/", 1)[-1]
 

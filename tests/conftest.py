@@ -177,3 +177,44 @@ def scores_with_labels(n: int, seed: int, ties: bool = False) -> tuple[np.ndarra
     if ties:
         probs = np.round(probs, 1).astype(np.float32)
     return labels, probs
+
+
+# ---- the training CLI and the GCS emulator (fixtures of several test modules; helpers in tests/helpers) ----
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_tokenizer_dir):
+    """Learnable data, the environment and the base arguments of training CLI runs (one per module)."""
+    from tests.helpers.training import training_setup
+
+    return training_setup(tmp_path_factory.mktemp("train_cli"), tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+    """A GCS emulator for this module (bucket ``bkt``; uploads under ``REFUSED`` answered 403): its env."""
+    pytest.importorskip("gcsfs")
+    pytest.importorskip("gcp_storage_emulator")
+    from tests.helpers.gcs import BUCKET, EMULATOR, REFUSED, _gcs_env, start_emulator
+
+    log = tmp_path_factory.mktemp("gcs_emulator") / "emulator.log"
+    proc, port = start_emulator([str(EMULATOR), BUCKET, REFUSED], log)
+    yield _gcs_env(port)
+    proc.kill()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def gs_in_process(gcs, monkeypatch):
+    """This process's gs:// filesystem pointed at the emulator."""
+    import gcsfs
+
+    from autext_jax import paths
+
+    for key, value in gcs.items():
+        monkeypatch.setenv(key, value)
+    paths._filesystem.cache_clear()
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    yield paths.filesystem("gs://x")
+    paths._filesystem.cache_clear()
+    gcsfs.GCSFileSystem.clear_instance_cache()

@@ -10,8 +10,9 @@ import pytest
 import autext_jax
 from autext_jax.api import Detector, load
 from autext_jax.hub import ModelNotFoundError
-from autext_jax.scores import scores_from_logits
+from tests.helpers.torch_scores import reference_logits, sigmoid
 
+REFERENCE_TOL = 1e-5  # float32 JAX (packed rows) against float32 PyTorch (padded rows)
 TEXTS = ["The results are shown in the table.", "El modelo fue entrenado en español.", "", "  "]
 
 
@@ -27,14 +28,16 @@ def test_load_reads_config_model_and_tokenizer(detector, tiny_model_dir, tiny_co
     assert detector.tokenizer("hola")["input_ids"][0] == 0
 
 
-def test_score_matches_logits_through_scores(detector):
+def test_scores_are_the_pytorch_reference_and_its_threshold(detector, tiny_model_dir):
     scores = detector.score(TEXTS)
-    logits = detector.logits(TEXTS)
     assert scores["bot_prob"].dtype == np.float32 and scores["is_bot"].dtype == np.bool_
-    assert scores["bot_prob"].shape == scores["english_prob"].shape == (len(TEXTS),)
-    want = scores_from_logits(logits["bot"], logits["english"], detector.threshold)
-    for key in ("bot_prob", "english_prob", "is_bot"):
-        np.testing.assert_array_equal(scores[key], want[key])
+    windows = detector.tokenizer(TEXTS, truncation=True, max_length=64)["input_ids"]
+    bot, english = reference_logits(tiny_model_dir, windows)
+    np.testing.assert_allclose(scores["bot_prob"], sigmoid(bot), atol=REFERENCE_TOL, rtol=0)
+    np.testing.assert_allclose(scores["english_prob"], sigmoid(english), atol=REFERENCE_TOL, rtol=0)
+    # The decision, by hand: no score sits within the tolerance of the threshold, so it is unambiguous.
+    assert np.abs(sigmoid(bot) - detector.threshold).min() > 10 * REFERENCE_TOL
+    assert scores["is_bot"].tolist() == (sigmoid(bot) >= detector.threshold).tolist()
     assert len(set(scores["bot_prob"].tolist())) > 1  # different texts, different scores
 
 
@@ -49,18 +52,33 @@ def test_score_iter_streams_the_same_records(detector):
 
 
 def test_threshold_override_changes_only_is_bot(tiny_model_dir, detector):
-    probs = detector.score(TEXTS)["bot_prob"]
-    cut = float(np.median(probs))
+    windows = detector.tokenizer(TEXTS, truncation=True, max_length=64)["input_ids"]
+    want = sigmoid(reference_logits(tiny_model_dir, windows)[0])
+    cut = float(np.sort(want)[1:3].mean())  # halfway between the 2nd and 3rd scores: both decisions occur
+    assert np.abs(want - cut).min() > 10 * REFERENCE_TOL  # no score on the edge
     strict = load(tiny_model_dir, threshold=cut, batch_size=2, max_length=64)
-    np.testing.assert_array_equal(strict.score(TEXTS)["is_bot"], probs >= cut)
+    scores = strict.score(TEXTS)
+    assert scores["is_bot"].tolist() == (want >= cut).tolist() and 0 < scores["is_bot"].sum() < len(TEXTS)
+    np.testing.assert_array_equal(scores["bot_prob"], detector.score(TEXTS)["bot_prob"])
     with pytest.raises(ValueError, match="threshold"):
         load(tiny_model_dir, threshold=1.5)
 
 
-def test_chunked_long_text(tiny_model_dir):
+def test_chunked_long_text_is_the_token_weighted_mean_of_its_windows(tiny_model_dir):
     chunked = load(tiny_model_dir, long="chunk", max_length=32, stride=8, batch_size=2)
-    (record,) = chunked.score_iter([" ".join(["the cat sat on the mat"] * 40)])
-    assert record["n_chunks"] > 3 and 0.0 < record["bot_prob"] < 1.0
+    text = " ".join(["the cat sat on the mat"] * 40)
+    (record,) = chunked.score_iter([text])
+    ids = chunked.tokenizer(text, add_special_tokens=False)["input_ids"]
+    body, step = 32 - 2, 32 - 2 - 8  # windows of 32 tokens with <s> and </s>, 8 shared
+    windows = [[0, *ids[s : s + body], 2] for s in range(0, len(ids) - 8, step)]
+    bot, english = reference_logits(tiny_model_dir, windows)
+    weights = np.array([len(w) for w in windows], np.float64)
+    assert (record["n_chunks"], record["n_tokens"]) == (len(windows), weights.sum()) and len(windows) > 3
+    mean_bot, mean_english = weights @ bot / weights.sum(), weights @ english / weights.sum()
+    assert record["bot_prob"] == pytest.approx(sigmoid(mean_bot), abs=REFERENCE_TOL)
+    assert record["english_prob"] == pytest.approx(sigmoid(mean_english), abs=REFERENCE_TOL)
+    # The first window alone (what truncation scores) is far from the mean: the comparison can fail.
+    assert abs(sigmoid(bot[0]) - record["bot_prob"]) > 10 * REFERENCE_TOL
 
 
 BF16_TOL = 4e-3  # measured worst 2.2e-3 over 4 model seeds

@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train_cli import FAST_COMPILE, _free_port, write_learnable_data
-from test_train_storage import gcs  # noqa: F401 - gcs is a fixture
 
 from tests.fake_gcloud import FakeCloud, _Bucket
+from tests.helpers.training import FAST_COMPILE, _free_port, write_learnable_data
 
 pytest.importorskip("gcp_storage_emulator")
 REPO = Path(__file__).resolve().parent.parent
@@ -30,7 +29,7 @@ def _sha256(data: bytes) -> str:
 
 
 @pytest.mark.slow
-def test_watch_survives_a_preemption_and_exports_the_uninterrupted_bytes(gcs, tiny_tokenizer_dir, tmp_path):  # noqa: F811
+def test_watch_survives_a_preemption_and_exports_the_uninterrupted_bytes(gcs, tiny_tokenizer_dir, tmp_path):
     data = write_learnable_data(tmp_path / "data")
     env = dict(os.environ, **gcs, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_COMPILE)
     env["HF_DATASETS_CACHE"] = str(tmp_path / "hf_datasets")

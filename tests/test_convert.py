@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_MODEL_SEED, discriminative_model, tiny_model_config
-from reference_torch import reference_from_model_config
 from safetensors.numpy import load_file, save_file
 
 from autext_jax.config import ConfigError, ModelConfig
@@ -21,6 +20,7 @@ from autext_jax.convert import (
     to_state_dict,
 )
 from autext_jax.model import create_model
+from tests.helpers.reference_torch import reference_from_model_config
 
 IDS = np.array([[0, 40, 41, 42, 43, 2], [0, 50, 2, 1, 1, 1]], dtype=np.int32)
 MASK = (IDS != 1).astype(np.int32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,10 +13,11 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from corpus_helpers import cli, env, run, tree, write_parquet_corpus
-from test_train_storage import gcs, gs_in_process  # noqa: F401 - fixtures: the GCS emulator
 
-from autext_jax import corpus, paths
+import autext_jax
+from autext_jax import calibration as calib
+from autext_jax import corpus, infer, paths
+from tests.helpers.corpus import cli, env, run, tree, write_parquet_corpus
 
 FILES, GROUPS, ROWS = 5, 4, 40  # 20 parts of 40 rows with --rows-per-part 40
 
@@ -74,7 +76,7 @@ def test_kill_9_then_rerun_is_byte_identical(reference, tiny_model_dir):
 
 
 def test_kill_9_with_the_output_on_gcs_then_rerun_equals_the_local_run(
-    reference, tiny_model_dir, gcs, gs_in_process  # noqa: F811
+    reference, tiny_model_dir, gcs, gs_in_process
 ):
     out = "gs://bkt/corpus-killed"
     proc = subprocess.Popen(cli(*_args(tiny_model_dir, reference / "in", out)), env=env(**gcs),
@@ -191,3 +193,61 @@ def test_eight_local_devices_give_the_same_records_and_no_training_import(tmp_pa
     assert all(abs(x["bot_prob"] - y["bot_prob"]) < 1e-5 for x, y in zip(a, b, strict=True))
     assert os.path.getsize(tmp_path / "one.jsonl") > 0
 
+
+
+def _in_process(capsys, *argv) -> tuple[int, str]:
+    code = infer.main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def test_the_identity_has_every_output_option_and_inputs_resolved(
+    tmp_path, tiny_model_dir, capsys, monkeypatch
+):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    point = calib.OperatingPoint(0.1, raw_logit=0.0, threshold=0.5, fpr=0.1, recall=0.5)
+    calib.Calibration(operating_points={"fpr=0.1": point}).save(model)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("the cat sat on the mat\nel perro come pan\n")
+    monkeypatch.chdir(tmp_path)
+    base = ("--model", model, "--max-length", 32, "-q")
+    assert _in_process(capsys, *base, "-i", "in/a.txt", "-o", "out/") == (0, "")
+    done = tree(tmp_path / "out")
+    # The same command with an absolute input, or typed from another folder: the same run, nothing redone.
+    assert _in_process(capsys, *base, "-i", tmp_path / "in" / "a.txt", "-o", "out/") == (0, "")
+    monkeypatch.chdir(tmp_path / "in")
+    assert _in_process(capsys, *base, "-i", "./a.txt", "-o", "../out/") == (0, "")
+    assert tree(tmp_path / "out") == done
+    identity = json.loads(done["_corpus.json"])
+    assert identity["inputs"] == [str(tmp_path / "in" / "a.txt")] and identity["model"] == str(model)
+    # Anything that changes the rows is another command, refused before a part is skipped or written.
+    for extra in (["--segments", "window"], ["--operating-point", "fpr=0.1"], ["--include-text"],
+                  ["--input-format", "jsonl"], ["--long", "chunk", "--stride", "8"]):
+        code, err = _in_process(capsys, *base, "-i", "./a.txt", "-o", "../out/", *extra)
+        assert code == 2 and "holds the output of a different command" in err, (extra, err)
+    assert tree(tmp_path / "out") == done
+
+
+def test_rows_of_two_txt_inputs_are_told_apart_by_source(tmp_path, tiny_model_dir, capsys):
+    duckdb = pytest.importorskip("duckdb")
+    lines = {"a.txt": ["the cat sat", "on the mat", "el perro"], "b.txt": ["come pan", "y la casa"]}
+    for name, text in lines.items():
+        (tmp_path / name).write_text("\n".join(text) + "\n")
+    out = tmp_path / "out"
+    code, err = _in_process(capsys, "--model", tiny_model_dir, "--max-length", 32, "-q", "--format",
+                            "parquet", "-i", tmp_path / "a.txt", "-i", tmp_path / "b.txt", "-o", f"{out}/")
+    assert code == 0, err
+    parts = f"{out}/part-*.parquet"
+    rows = duckdb.sql(f"SELECT source, id FROM read_parquet('{parts}') ORDER BY source, id").fetchall()
+    want = [(str(tmp_path / name), i) for name, text in lines.items() for i in range(len(text))]
+    assert rows == want  # the ids restart in each .txt file: (source, id) names a row
+    # Joined back to the inputs: each row's record is that of line `id` of its `source` (each file
+    # scored in one call, as its part is).
+    detector = autext_jax.load(str(tiny_model_dir), max_length=32)
+    scored = {name: detector.score_records(text) for name, text in lines.items()}
+    table = pq.read_table(out)  # the folder as one dataset (pyarrow skips _SUCCESS, _corpus.json, ...)
+    assert table.num_rows == 5
+    for row in table.to_pylist():
+        record = scored[paths.name(row["source"])][row["id"]]
+        assert row == {"id": row["id"], "source": row["source"], **{k: record[k] for k in row if k in record}}
+        assert set(row) - set(record) == {"id", "source"}

@@ -338,3 +338,21 @@ def test_engine_option_errors_are_usage_errors():
         EngineOptions(max_length=600).check(512)
     assert isinstance(caught.value, UsageError) and isinstance(caught.value, ValueError)
     assert caught.value.exit_code == 2
+
+
+def test_text_encoder_windows_by_hand(tokenizer):
+    """``data/encoding.py`` alone (no model): truncation flags and chunk windows from the tokenizer's ids."""
+    from autext_jax.data.encoding import TextEncoder
+
+    long_text, short_text = " ".join(WORDS * 3), "the cat"
+    ids = tokenizer(long_text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 14
+    cut, whole = TextEncoder(tokenizer, 16).encode([long_text, short_text])
+    assert cut.truncated and cut.windows[0].tolist() == [0, *ids[:14], 2]
+    assert not whole.truncated and whole.windows[0].tolist() == tokenizer(short_text)["input_ids"]
+    assert cut.facts == {} and cut.windows[0].dtype == np.int32
+    (chunked,) = TextEncoder(tokenizer, 16, "chunk", stride=4).encode([long_text])
+    want = [[0, *ids[s : s + 14], 2] for s in range(0, len(ids) - 4, 10)]
+    assert [w.tolist() for w in chunked.windows] == want and not chunked.truncated
+    with pytest.raises(TypeError, match="texts must be strings"):
+        TextEncoder(tokenizer, 16).encode(["ok", None])

@@ -100,7 +100,8 @@ def test_cli_writes_report_plots_and_predictions(tmp_path, tiny_model_dir):
     # The expected F1 comes from the fixture's own labels and the Python API's scores, not from the run;
     # the threshold is their median, so both classes are predicted and a misaligned score changes the F1.
     _, texts, labels = zip(*_eval_rows(), strict=True)
-    probs = load(tiny_model_dir).score(list(texts))["bot_prob"]
+    scores = load(tiny_model_dir).score(list(texts))
+    probs = scores["bot_prob"]
     cut = float(np.median(probs))
     predicted = probs >= cut
     assert 0 < predicted.sum() < len(texts)
@@ -118,7 +119,12 @@ def test_cli_writes_report_plots_and_predictions(tmp_path, tiny_model_dir):
     assert all(r["is_bot"] == (np.float32(r["bot_prob"]) >= cut) for r in rows)
     for lang in ("en", "es"):
         assert report["per_language"][lang]["macro_f1"] == pytest.approx(expected, abs=1e-12)
-    assert 0 <= report["language_accuracy"]["accuracy"] <= 1
+    # Both folders hold the same texts: English rows are right where the head says English, Spanish
+    # rows where it does not, so the accuracy is exactly 1/2 overall and the head's share per language.
+    english_share = float((scores["english_prob"] >= 0.5).mean())
+    assert english_share != 0.5  # else swapped languages would give the same numbers
+    assert report["language_accuracy"] == {"n": 48, "accuracy": 0.5, "en": english_share,
+                                           "es": 1 - english_share}
     for name in ("roc.png", "score_histograms.png", "macro_f1_vs_threshold.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
 

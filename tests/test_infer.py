@@ -84,6 +84,21 @@ def test_missing_path_exits_2_with_one_line(tmp_path, capsys, tiny_model_dir):
     assert code == 2 and "max_length" in err and "Traceback" not in err
 
 
+def test_a_positional_file_name_is_refused_with_the_flag_it_meant(tmp_path, capsys, monkeypatch,
+                                                                   tiny_model_dir):
+    (tmp_path / "small.tsv").write_text("id\ttext\n1\tthe cat\n")
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    code, lines, err = run_cli(capsys, "--model", tiny_model_dir, "small.tsv", "-o", "out.jsonl")
+    assert code == 2 and lines == [] and not (tmp_path / "out.jsonl").exists()
+    assert err == ("autext-jax: error: 'small.tsv' is a file, not a text to score: did you mean "
+                   "`-i small.tsv`? (to score the words themselves, pipe them on stdin)\n")
+    code, _, err = run_cli(capsys, "--model", tiny_model_dir, "the cat", "data")
+    assert code == 2 and "'data' is a folder" in err and "`-i data`" in err
+    code, lines, _ = run_cli(capsys, "--model", tiny_model_dir, "small", "-q")  # no such file: a text
+    assert code == 0 and len(lines) == 1
+
+
 def test_undecodable_line_stops_after_earlier_records(tmp_path, capsys, tiny_model_dir):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"ok one\nok two\n\xff\xfe broken\nok four\n")

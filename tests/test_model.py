@@ -9,7 +9,6 @@ import pytest
 import torch
 from conftest import spread_heads, tiny_model_config
 from flax import nnx
-from reference_torch import reference_from_model_config
 
 from autext_jax.config import ModelConfig
 from autext_jax.convert import to_state_dict
@@ -22,6 +21,7 @@ from autext_jax.model import (
     stack_layers,
 )
 from autext_jax.scores import scores_from_logits
+from tests.helpers.reference_torch import reference_from_model_config
 
 PROB_TOL = 5e-7  # measured worst 1.8e-7 (4 seeds × 4 configs)
 HIDDEN_TOL = 5e-6  # hidden states and logits; measured worst 2.9e-6

@@ -16,12 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from corpus_helpers import run as run_cli
 
 import autext_jax
 from autext_jax import evaluate as ev
 from autext_jax import infer
 from autext_jax.normalize import normalize
+from tests.helpers.corpus import run as run_cli
 from tools import evasion_attacks as attacks
 
 CLEAN = [

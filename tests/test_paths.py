@@ -57,3 +57,13 @@ def test_schemes_and_joins():
 def test_an_unknown_scheme_is_one_usage_line():
     with pytest.raises(UsageError, match=r"unknown storage scheme nosuch://"):
         paths.exists("nosuch://bucket/x")
+
+
+def test_resolved_gives_one_spelling_per_location(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    where = str(tmp_path / "in" / "a.txt")
+    for spelling in ("in/a.txt", "./in/../in/a.txt", where, f"file://{where}"):
+        assert paths.resolved(spelling) == where, spelling
+    for spelling in ("gs://bkt/corpus/a.parquet", "GS://bkt//corpus/a.parquet", "gs://bkt/corpus/a.parquet/"):
+        assert paths.resolved(spelling) == "gs://bkt/corpus/a.parquet", spelling

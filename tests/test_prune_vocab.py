@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_import_e5 import PIECES, write_synthetic_e5
 
+from tests.helpers.e5 import PIECES, write_synthetic_e5
 from tools.e5 import import_e5, prune_vocab
 from tools.e5.q4 import read_e5_bin
 

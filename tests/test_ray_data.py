@@ -6,7 +6,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from corpus_helpers import run, texts
+
+from tests.helpers.corpus import run, texts
 
 ray = pytest.importorskip("ray")
 

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,3 +143,13 @@ def test_evaluate_predictions_are_the_builders(detector, tiny_model_dir, tmp_pat
     assert [r["n_tokens"] for r in got] == counted
     assert got == want
     assert np.array_equal([r["is_bot"] for r in got], np.float32([r["bot_prob"] for r in got]) >= 0.5)
+
+
+def test_decision_and_records_need_numpy_only():
+    """The decision and the record builder load no JAX, Flax, transformers or pyarrow (cheap to reuse)."""
+    code = ("import sys, autext_jax.decision, autext_jax.records; "
+            "print(sorted(m for m in ('jax', 'flax', 'transformers', 'pyarrow') if m in sys.modules))")
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo))  # this checkout's package, whatever is installed
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "[]"

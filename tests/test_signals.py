@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 
-from corpus_helpers import cli, env
+from tests.helpers.corpus import cli, env
 
 # Seconds after start: during imports, model loading, compiling and scoring.
 MOMENTS = [0.3, 0.5, 0.8, 1.0, 1.3, 1.7, 2.2, 2.8, 3.5, 4.5, 6.0, 8.0]

@@ -114,7 +114,7 @@ def parity_dir(tiny_model_dir, tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("parity")
     for path in tiny_model_dir.iterdir():
         shutil.copy(path, directory)
-    shutil.copy(ROOT / "tests" / "reference_torch.py", directory / "model.py")
+    shutil.copy(ROOT / "tests" / "helpers" / "reference_torch.py", directory / "model.py")
     # As files saved by transformers 4.25: the position_ids buffer is stored too.
     state = load_file(str(directory / "model.safetensors"))
     state["transformer.embeddings.position_ids"] = np.arange(514, dtype=np.int64)[None]

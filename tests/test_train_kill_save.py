@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train_cli import _cmd, _free_port, _run, setup  # noqa: F401 - setup is a fixture
-from test_train_storage import BUCKET, _gcs_env, start_emulator
+
+from tests.helpers.gcs import BUCKET, _gcs_env, start_emulator
+from tests.helpers.training import _cmd, _run
 
 pytest.importorskip("gcsfs")
 pytest.importorskip("gcp_storage_emulator")
@@ -51,7 +52,7 @@ def journal_gcs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local_export_sha(setup):  # noqa: F811
+def local_export_sha(setup):
     workdir = setup["root"] / "kill_save_reference"
     _run(setup, workdir, *EXTRA)
     return hashlib.sha256((workdir / "export" / "model.safetensors").read_bytes()).hexdigest()
@@ -63,7 +64,7 @@ def _uploads(journal: Path, run: str) -> list[str]:
 
 @pytest.mark.parametrize("moment", list(MOMENTS))
 def test_kill_9_during_a_gs_save_then_rerun_completes_identically(
-    setup,  # noqa: F811
+    setup,
     journal_gcs,
     local_export_sha,
     tmp_path,
@@ -119,7 +120,7 @@ def test_kill_9_during_a_gs_save_then_rerun_completes_identically(
 
 
 def test_sigterm_with_a_periodic_save_in_flight_stops_within_30_s(
-    setup,  # noqa: F811
+    setup,
     journal_gcs,
     tmp_path,
     monkeypatch,

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train_cli import _cmd, _free_port, _records, _run, setup  # noqa: F401 - setup is a fixture
 
 from autext_jax import errors
 from autext_jax.train import __main__ as train_cli
 from autext_jax.train.metric_writers import METRICS_FILE
+from tests.helpers.training import _cmd, _free_port, _records, _run, _start, _wait_for_step
 
 STEPS = 60
 SLOW = ("--set", "checkpoint.every_steps=1000")  # no periodic save: only the stop's checkpoint exists
@@ -26,38 +26,19 @@ def _dist(port: int, i: int) -> tuple[str, ...]:
     return ("--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i))
 
 
-def _start(runs, workdir: Path, *extra: str, name: str) -> tuple[subprocess.Popen, Path]:
-    log = runs["root"] / f"{name}.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(_cmd(runs, workdir, *extra), env=runs["env"], stdout=out, stderr=out)
-    return proc, log
-
-
-def _wait_for_step(workdir: Path, step: int, procs) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and all(p.poll() is None for p in procs):
-        try:
-            if any(r["step"] >= step for r in _records(workdir, "train")):
-                return
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
-        time.sleep(0.05)
-    pytest.fail(f"no step {step} in {workdir} (runs ended: {[p.poll() for p in procs]})")
-
-
 def _same_export(a: Path, b: Path) -> None:
     for name in ("model.safetensors", "config.json"):
         assert (a / "export" / name).read_bytes() == (b / "export" / name).read_bytes(), name
 
 
 @pytest.fixture(scope="module")
-def reference(setup):  # noqa: F811
+def reference(setup):
     workdir = setup["root"] / "preemption_reference"
     _run(setup, workdir, "--max-steps", str(STEPS), *SLOW)
     return workdir
 
 
-def test_sigterm_saves_exits_143_and_resumes_identically(setup, reference):  # noqa: F811
+def test_sigterm_saves_exits_143_and_resumes_identically(setup, reference):
     workdir = setup["root"] / "sigterm_one"
     extra = ("--max-steps", str(STEPS), *SLOW)
     proc, log = _start(setup, workdir, *extra, name="sigterm_one")
@@ -85,7 +66,7 @@ def test_sigterm_saves_exits_143_and_resumes_identically(setup, reference):  # n
     _same_export(workdir, reference)
 
 
-def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(setup):  # noqa: F811
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(setup):
     extra = ("--max-steps", str(STEPS), *SLOW)
     reference, workdir = setup["root"] / "two_reference", setup["root"] / "sigterm_two"
 
@@ -111,7 +92,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(setup):  # noqa:
     _same_export(workdir, reference)
 
 
-def test_processes_that_do_not_share_the_workdir_exit_2(setup):  # noqa: F811
+def test_processes_that_do_not_share_the_workdir_exit_2(setup):
     port = _free_port()
     started = time.monotonic()
     runs = [
@@ -133,7 +114,7 @@ def _newest(workdir: Path) -> Path:
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated"])
-def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(setup, reference, damage):  # noqa: F811
+def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(setup, reference, damage):
     workdir = setup["root"] / f"damaged_{damage}"
     extra = ("--max-steps", str(STEPS), "--checkpoint-every", "10")
     _run(setup, workdir, *extra)
@@ -158,7 +139,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(setup, re
     _same_export(workdir, reference)
 
 
-def test_config_digest_in_the_checkpoint_is_checked(setup, reference, tmp_path, capsys):  # noqa: F811
+def test_config_digest_in_the_checkpoint_is_checked(setup, reference, tmp_path, capsys):
     workdir = tmp_path / "copy"
     shutil.copytree(reference, workdir)
     os.remove(workdir / "train_config.json")  # only the checkpoint still knows the config

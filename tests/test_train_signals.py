@@ -9,11 +9,9 @@ import signal
 import subprocess
 import time
 
-from test_train_cli import _cmd, _records, _run, setup  # noqa: F401 - setup is a fixture
-from test_train_preemption import _start, _wait_for_step
-from test_train_storage import _gcs_env, _gs_records, gcs, gs_in_process  # noqa: F401 - fixtures
-
 from autext_jax.train.checkpointing import CheckpointConfig, Checkpointer
+from tests.helpers.gcs import _gcs_env, _gs_records
+from tests.helpers.training import _cmd, _records, _run, _start, _wait_for_step
 
 STEPS = 60
 
@@ -30,7 +28,7 @@ def _status(workdir) -> dict:
     return json.loads((workdir / "run_status.json").read_text())
 
 
-def test_ctrl_c_saves_exits_130_at_a_stop_check_and_resumes(setup):  # noqa: F811
+def test_ctrl_c_saves_exits_130_at_a_stop_check_and_resumes(setup):
     workdir = setup["root"] / "ctrl_c"
     extra = (
         "--max-steps",
@@ -56,7 +54,7 @@ def test_ctrl_c_saves_exits_130_at_a_stop_check_and_resumes(setup):  # noqa: F81
     assert _status(workdir)["state"] == "finished"
 
 
-def test_a_second_ctrl_c_interrupts_without_waiting(setup):  # noqa: F811
+def test_a_second_ctrl_c_interrupts_without_waiting(setup):
     workdir = setup["root"] / "ctrl_c_twice"
     # No stop check before the end: only the second Ctrl-C can end the run early.
     extra = (
@@ -83,7 +81,7 @@ def test_a_second_ctrl_c_interrupts_without_waiting(setup):  # noqa: F811
     assert not (workdir / "lease.json").exists()
 
 
-def test_sigterm_with_the_workdir_on_gs_keeps_the_compile_cache_there(setup, gs_in_process, tmp_path):  # noqa: F811
+def test_sigterm_with_the_workdir_on_gs_keeps_the_compile_cache_there(setup, gs_in_process, tmp_path):
     fs = gs_in_process
     env = dict(setup["env"], **{k: os.environ[k] for k in _gcs_env(0)})
     env.pop("JAX_COMPILATION_CACHE_DIR")  # neither variable set: the default, WORKDIR/compile_cache

@@ -9,100 +9,26 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from test_train_cli import _cmd, _free_port, _run, setup  # noqa: F401 - setup is a fixture
 
-from autext_jax import errors, paths
+from autext_jax import errors
 from autext_jax.train import __main__ as train_cli
 from autext_jax.train import loop, prepare
-from autext_jax.train.metric_writers import METRICS_FILE
+from tests.helpers.gcs import BUCKET, _gcs_env, _gs_records
+from tests.helpers.training import _cmd, _run
 
 pytest.importorskip("gcsfs")
 pytest.importorskip("gcp_storage_emulator")
 
-EMULATOR = Path(__file__).with_name("gcs_emulator.py")
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.py"
-BUCKET = "bkt"
 STEPS, EVERY = 30, 10
 
 
-def _gcs_env(port: int) -> dict[str, str]:
-    url = f"http://127.0.0.1:{port}"
-    return {
-        "STORAGE_EMULATOR_HOST": url,  # gcsfs
-        "TENSORSTORE_GCS_HTTP_URL": url,  # tensorstore (Orbax)
-        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x",
-        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # no gRPC bucket-type probe (60 s timeout)
-    }
-
-
-REFUSED = "refused-run/checkpoints/10"  # the emulator answers 403 to uploads there
-
-
-def start_emulator(args: list[str], log: Path) -> tuple[subprocess.Popen, int]:
-    """Start an emulator script (``args`` after the port) on a free port; its output goes to ``log``.
-
-    Never to a pipe: the emulator logs every request and prints a traceback for each client that hangs
-    up, so an undrained pipe fills after a few hundred requests and blocks the emulator mid-request,
-    which a training run then sees as storage that never answers.
-    """
-    port = _free_port()
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, args[0], str(port), *args[1:]],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=EMULATOR.parent,
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    pytest.fail(f"GCS emulator did not start: {log.read_text(errors='replace')[-2000:]}")
-
-
-@pytest.fixture(scope="module")
-def gcs(tmp_path_factory):
-    log = tmp_path_factory.mktemp("gcs_emulator") / "emulator.log"
-    proc, port = start_emulator([str(EMULATOR), BUCKET, REFUSED], log)
-    yield _gcs_env(port)
-    proc.kill()
-    proc.wait(timeout=10)
-
-
-@pytest.fixture
-def gs_in_process(gcs, monkeypatch):
-    """This process's gs:// filesystem pointed at the emulator."""
-    import gcsfs
-
-    for key, value in gcs.items():
-        monkeypatch.setenv(key, value)
-    paths._filesystem.cache_clear()
-    gcsfs.GCSFileSystem.clear_instance_cache()
-    yield paths.filesystem("gs://x")
-    paths._filesystem.cache_clear()
-    gcsfs.GCSFileSystem.clear_instance_cache()
-
-
-def _gs_records(fs, workdir: str) -> list[dict]:
-    try:
-        text = fs.cat(paths.join(workdir, METRICS_FILE)).decode()
-    except FileNotFoundError:
-        return []
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def test_gs_workdir_survives_kill_9_and_exports_the_local_bytes(setup, gs_in_process, tmp_path):  # noqa: F811
+def test_gs_workdir_survives_kill_9_and_exports_the_local_bytes(setup, gs_in_process, tmp_path):
     fs = gs_in_process
     env = dict(setup["env"], **{k: os.environ[k] for k in _gcs_env(0)})
     extra = ("--max-steps", str(STEPS), "--checkpoint-every", str(EVERY))
@@ -133,7 +59,7 @@ def test_gs_workdir_survives_kill_9_and_exports_the_local_bytes(setup, gs_in_pro
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_a_failed_checkpoint_save_is_reported_at_once(setup, gs_in_process, tmp_path):  # noqa: F811
+def test_a_failed_checkpoint_save_is_reported_at_once(setup, gs_in_process, tmp_path):
     env = dict(setup["env"], **{k: os.environ[k] for k in _gcs_env(0)})
     workdir = f"gs://{BUCKET}/refused-run"
     proc = subprocess.run(
@@ -181,7 +107,7 @@ def test_init_and_tokenizer_from_a_bucket(gs_in_process, tiny_model_dir, tmp_pat
     ],
 )
 def test_unusable_workdir_exits_2_before_training(
-    setup,  # noqa: F811
+    setup,
     gs_in_process,
     tmp_path,
     monkeypatch,
