@@ -185,7 +185,9 @@ def load(
 
     Scoring options: ``options`` or its fields as keywords (``max_length=512, long="chunk",
     stride=128, batch_size=None, ...``; see ``engine.EngineOptions``). ``calibrated=False`` ignores the
-    directory's ``calibration.json`` (raw probabilities, no operating points).
+    directory's ``calibration.json`` (raw probabilities, no operating points). ``normalize=False``
+    scores the raw text instead of undoing cheap evasions first (``normalize.py``); records then have
+    ``obfuscated`` and ``n_changed`` null.
 
     Hub ids download weights/config/tokenizer files only (never code). Raises
     ``hub.ModelNotFoundError``, ``convert.ConversionError`` or ``config.ConfigError`` with a message

@@ -52,6 +52,8 @@ class EngineOptions:
     ``None`` picks 2048 tokens on CPU (keeps its cores busy, little tail waste) and 32 rows on
     accelerators. ``pack``: several texts per row of ``pack_length`` tokens (longer ones in rows of
     ``max_length``); off: one text per row in length buckets. ``window``: inputs in flight.
+    ``normalize``: undo cheap evasions before tokenizing (``normalize.py``); off scores the raw text,
+    as the published model does.
     """
 
     max_length: int = 512
@@ -64,6 +66,7 @@ class EngineOptions:
     max_rows: int = 1024
     min_tokens: int = 256
     tokenize_chunk: int = 256
+    normalize: bool = True
 
     def check(self, max_tokens: int) -> None:
         """Raise ``EngineOptionError`` naming the first option out of range for a model of ``max_tokens``."""
@@ -193,7 +196,9 @@ class InferenceEngine:
             min_tokens=options.min_tokens,
         )
         self.tokenizer = tokenizer
-        self.encoder = TextEncoder(tokenizer, options.max_length, options.long, options.stride)
+        self.encoder = TextEncoder(
+            tokenizer, options.max_length, options.long, options.stride, normalize=options.normalize
+        )
         pad_id = tokenizer.pad_token_id
         self.pad_id = model.cfg.encoder.pad_token_id if pad_id is None else pad_id
         self.stats = EngineStats()

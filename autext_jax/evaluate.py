@@ -262,6 +262,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--split-salt", default="autext", help="with --split (as data.split_salt)")
     parser.add_argument("--output-dir", default="eval_report", help="where report.json and the PNGs go")
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument(
+        "--no-normalize", action="store_true",
+        help="score the raw text (no undoing of invisible characters, look-alike letters, case flips)",
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="rows per batch (default: automatic)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CI")
     parser.add_argument("--seed", type=int, default=0)
@@ -293,7 +297,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.calibrate and Path(args.calibrate).exists() and any(Path(args.calibrate).iterdir()):
         raise UsageError(f"--calibrate {args.calibrate} exists and is not an empty folder; give a new folder")
     detector = autext_jax.load(
-        args.model, max_length=args.max_length, batch_size=args.batch_size, calibrated=False
+        args.model, max_length=args.max_length, batch_size=args.batch_size, calibrated=False,
+        normalize=not args.no_normalize,
     )
     docs = [doc for _, doc, _ in detector.scored(enumerate(column_values(ds, "text")))]
     logits = {
@@ -320,6 +325,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["threshold_source"] = "the model's configured threshold"
     report["model"] = str(detector.model_dir)
     report["data"] = [str(p) for p in args.data]
+    report["normalized"] = not args.no_normalize
+    if not args.no_normalize:  # rows where normalization undid an evasion (normalize.py)
+        report["obfuscated_rows"] = sum(1 for d in docs if d.facts.get("obfuscated"))
     if args.split != "all":
         report["split"] = {"side": args.split, "val_fraction": args.val_fraction, "salt": args.split_salt}
 

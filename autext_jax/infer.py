@@ -191,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--long", choices=("truncate", "chunk"), default="truncate",
                    help="texts over max-length: keep the start (default) or score overlapping windows")
     p.add_argument("--stride", type=int, default=128, help="tokens shared by adjacent windows (chunk)")
+    p.add_argument("--no-normalize", action="store_true",
+                   help="score the raw text: do not undo invisible characters, look-alike letters, odd "
+                   "spaces and case flips first (the published model's exact behaviour; records then "
+                   "have obfuscated and n_changed null)")
     p.add_argument("--operating-point", metavar="NAME",
                    help="decide is_bot at a stored operating point, e.g. fpr=0.01 (see calibration.json)")
     p.add_argument("--segments", choices=("sentence", "window"),
@@ -320,6 +324,7 @@ def corpus_identity(args: argparse.Namespace, detector, fmt: str) -> dict:
         "max_length": args.max_length, "long": args.long, "stride": args.stride, "segments": args.segments,
         "on_error": args.on_error, "include_text": args.include_text, "rows_per_part": args.rows_per_part,
         "columns": output_columns(args),
+        "normalize": not args.no_normalize,  # a rerun must not mix raw and normalized parts
     }
 
 
@@ -340,6 +345,7 @@ def _load_detector(args: argparse.Namespace):
         batch_size=args.batch_size,
         long=args.long,
         stride=args.stride,
+        normalize=not args.no_normalize,
         **_stream_options(args),
     )
     try:

@@ -36,8 +36,10 @@ if TYPE_CHECKING:
 SCORE_FIELDS = ("bot_prob", "english_prob", "is_bot")
 LENGTH_FIELDS = ("n_tokens", "truncated", "short")
 # Per-text facts learnt while encoding (``EncodedText.facts``), in column order, with their Arrow types.
-FACT_FIELDS: tuple[str, ...] = ()
-_FACT_TYPES: dict[str, str] = {}
+# ``obfuscated``: normalization undid an evasion (``normalize.py``); ``n_changed``: the characters it
+# removed, folded, re-cased or replaced. Both null when the detector scores raw text (``normalize=False``).
+FACT_FIELDS: tuple[str, ...] = ("obfuscated", "n_changed")
+_FACT_TYPES: dict[str, str] = {"obfuscated": "bool", "n_changed": "int64"}
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ tokenizer's offsets), so a long document's windows can be reported the same way.
 
 ``scored`` runs it all on an engine: each block of documents first (their language picks the
 splitter's rules), then all their segments in one engine run; a document that is one segment and
-was scored whole keeps its own score. ``records.py`` turns the raw logits into ``bot_prob``.
+was scored whole keeps its own score. Segments are found in the text as the engine reads it
+(normalized, ``normalize.py``) and their offsets mapped back to the original text, which they tile.
+``records.py`` turns the raw logits into ``bot_prob``.
 """
 
 from __future__ import annotations
@@ -183,7 +185,11 @@ def _block(engine, block, mode, language_of, stop):
 
 
 def _spans(engine, text: str, mode: str, language: str) -> list[tuple[int, int]]:
+    """Segments of the text as the engine reads it (normalized), reported on the original text."""
+    prepared = engine.encoder.prepare(text)
     if mode == "window":
         opts = engine.options
-        return window_segments(text, engine.tokenizer, opts.max_length, opts.stride)
-    return sentence_segments(text, engine.tokenizer, language)
+        spans = window_segments(prepared.text, engine.tokenizer, opts.max_length, opts.stride)
+    else:
+        spans = sentence_segments(prepared.text, engine.tokenizer, language)
+    return prepared.original_tiling(spans)

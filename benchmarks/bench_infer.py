@@ -12,13 +12,15 @@ tokens' FLOPs ÷ time ÷ a matmul peak measured in the same run (the best of XLA
 model built on the meta device and the safetensors weights assigned, the model-card pipeline) vs
 ``python -m autext_jax.infer -m DIR -i texts.jsonl`` without a compilation cache, then twice with a
 new cache (the second run is the "second run" figure). ``--model DIR`` times that model's CLI alone
-(e.g. the embedded one).
+(e.g. the embedded one). ``--normalize-overhead``: one model (``--model``, default the embedded one)
+on the same clean texts with normalization on and off, in alternating warm rounds.
 
 Texts: ``<shared>/data/autextification/subtask_1/{en,es}/train.tsv.gz`` when present, else
 generated sentences. Tokenizer: ``<shared>/xlmr-tokenizer`` when present, else the tiny test one.
 
     nice python benchmarks/bench_infer.py --texts 160 --rounds 2
     nice python benchmarks/bench_infer.py --texts 160 --fresh
+    python benchmarks/bench_infer.py --texts 1000 --rounds 6 --normalize-overhead   # the embedded model
 """
 
 from __future__ import annotations
@@ -293,6 +295,39 @@ def fresh(args, texts: list[str], work: Path) -> None:
         print(f"{name:<46} {seconds:6.1f} s{ratio}")
 
 
+def normalize_overhead(args: argparse.Namespace, texts: list[str]) -> int:
+    """Scoring speed on clean text with ``normalize=True`` vs ``False``: the same model and texts,
+    warm, rounds alternating (off, on, off, on, ...) so both sides share the machine's load."""
+    import autext_jax
+
+    detectors = {flag: autext_jax.load(args.model, normalize=flag) for flag in (False, True)}
+    for detector in detectors.values():
+        detector.logits(texts)  # compile every shape first
+    seconds: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(args.rounds):
+        for flag in (False, True):
+            start = time.perf_counter()
+            detectors[flag].logits(texts)
+            seconds[flag].append(time.perf_counter() - start)
+    for flag, label in ((False, "normalize=False"), (True, "normalize=True ")):
+        total = sum(seconds[flag])
+        print(f"{label}: {len(texts) * args.rounds / total:.1f} texts/s over {args.rounds} rounds "
+              f"({', '.join(f'{s:.2f}' for s in seconds[flag])} s)")  # fmt: skip
+    from autext_jax.normalize import normalize
+
+    start = time.perf_counter()
+    changed = sum(1 for text in texts if normalize(text).changed)
+    alone = time.perf_counter() - start
+    share = 100 * alone * args.rounds / sum(seconds[False])
+    print(f"normalize() alone: {1e6 * alone / len(texts):.0f} µs per text ({changed} of {len(texts)} "
+          f"changed), {share:.2f}% of the scoring time without it")  # fmt: skip
+    ratio = sum(seconds[True]) / sum(seconds[False])
+    pairs = ", ".join(f"{on / off:.3f}" for off, on in zip(seconds[False], seconds[True], strict=True))
+    print(f"time with / without normalization: {ratio:.3f} (per round: {pairs})")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--texts", type=int, default=160, help="number of texts (default 160)")
@@ -304,7 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pack", action="store_true", help="engine: one text per row (length buckets)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="both sides")
     parser.add_argument("--fresh", action="store_true", help="whole fresh processes (cold / second run)")
-    parser.add_argument("--model", type=Path, help="--fresh: time this model directory's CLI")
+    parser.add_argument("--model", type=Path, help="--fresh / --normalize-overhead: this model directory")
+    parser.add_argument(
+        "--normalize-overhead",
+        action="store_true",
+        help="time one model (--model, default the embedded one) on the clean texts with normalization "
+        "on and off, alternating warm rounds",
+    )
     cli.add_debug_flag(parser)
     return cli.main("bench_infer", parser, _main, argv)
 
@@ -318,6 +359,8 @@ def _main(args: argparse.Namespace) -> int:
         f"machine: {os.cpu_count()} CPUs, JAX devices {jax.devices()}, load average {os.getloadavg()[0]:.1f}"
     )
     print(f"texts: {len(texts)} from {source}")
+    if args.normalize_overhead:
+        return normalize_overhead(args, texts)
     if args.fresh:
         with tempfile.TemporaryDirectory(prefix="autext-bench-") as work:
             fresh(args, texts, Path(work))

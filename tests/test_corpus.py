@@ -48,7 +48,8 @@ def test_uninterrupted_run_parts_manifests_and_success(reference):
     success = json.loads(files["_SUCCESS"])
     assert success == {"parts": 20, "parts_done": 20, "records": FILES * GROUPS * ROWS, "malformed": 0}
     table = pq.read_table(reference / "ref" / "part-00005.parquet")
-    columns = ["id", "bot_prob", "english_prob", "is_bot", "n_tokens", "truncated", "short", "source"]
+    columns = ["id", "bot_prob", "english_prob", "is_bot", "n_tokens", "truncated", "short", "obfuscated",
+               "n_changed", "source"]
     assert table.column_names == columns
     assert set(table.column("source").to_pylist()) == {str(reference / "in" / "shard-001.parquet")}
     assert table.column("id").to_pylist() == [f"f1-{i}" for i in range(40, 80)]  # file 1, row group 1

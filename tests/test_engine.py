@@ -350,7 +350,8 @@ def test_text_encoder_windows_by_hand(tokenizer):
     cut, whole = TextEncoder(tokenizer, 16).encode([long_text, short_text])
     assert cut.truncated and cut.windows[0].tolist() == [0, *ids[:14], 2]
     assert not whole.truncated and whole.windows[0].tolist() == tokenizer(short_text)["input_ids"]
-    assert cut.facts == {} and cut.windows[0].dtype == np.int32
+    assert cut.facts == {"obfuscated": False, "n_changed": 0} and cut.windows[0].dtype == np.int32
+    assert TextEncoder(tokenizer, 16, normalize=False).encode([long_text])[0].facts == {}
     (chunked,) = TextEncoder(tokenizer, 16, "chunk", stride=4).encode([long_text])
     want = [[0, *ids[s : s + 14], 2] for s in range(0, len(ids) - 4, 10)]
     assert [w.tolist() for w in chunked.windows] == want and not chunked.truncated

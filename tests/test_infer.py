@@ -57,7 +57,8 @@ def test_every_input_kind_in_input_order(tmp_path, capsys, tiny_model_dir, detec
     # Neighbouring texts score apart, so records written out of order would fail the comparison above.
     assert np.abs(np.diff(scores["bot_prob"])).min() > 1e-3
     assert [r["is_bot"] for r in got] == scores["is_bot"].tolist()
-    columns = {"id", "bot_prob", "english_prob", "is_bot", "n_tokens", "truncated", "short", "text"}
+    columns = {"id", "bot_prob", "english_prob", "is_bot", "n_tokens", "truncated", "short", "obfuscated",
+               "n_changed", "text"}
     assert set(got[0]) == columns
 
 

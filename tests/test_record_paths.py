@@ -42,12 +42,12 @@ def test_a_record_by_hand():
     layout = Layout(ids=True, chunks=False, source=True, text=True, errors=True)
     builder = RecordBuilder(Decision(0.6), layout)
     assert builder.columns == ["id", "bot_prob", "english_prob", "is_bot", "n_tokens", "truncated", "short",
-                               "source", "text", "error"]
+                               "obfuscated", "n_changed", "source", "text", "error"]
     got = builder.build(DocLogits(0.5, -1.0, 1, 40), id="a", text="x", source="f.txt")
     assert got == {"id": "a", "bot_prob": pytest.approx(_sigmoid(0.5), rel=1e-6),
                    "english_prob": pytest.approx(_sigmoid(-1.0), rel=1e-6), "is_bot": True,  # 0.622 >= 0.6
-                   "n_tokens": 40, "truncated": False, "short": False, "source": "f.txt", "text": "x",
-                   "error": None}
+                   "n_tokens": 40, "truncated": False, "short": False, "obfuscated": None, "n_changed": None,
+                   "source": "f.txt", "text": "x", "error": None}
     assert list(got) == builder.columns
     below = builder.build(DocLogits(0.4, 0.0, 1, 29, truncated=True), id=1)  # sigmoid(0.4) = 0.599
     assert (below["is_bot"], below["short"], below["truncated"]) == (False, True, True)

@@ -64,8 +64,10 @@ def test_record_shape_n_tokens_and_short(detector):
     long_text = " ".join(["the cat sat on the mat"] * 3)
     records = detector.score_records([long_text, "hi", ""])
     assert [sorted(r) for r in records] == [
-        ["bot_prob", "english_prob", "is_bot", "n_chunks", "n_tokens", "short", "truncated"]
+        ["bot_prob", "english_prob", "is_bot", "n_changed", "n_chunks", "n_tokens", "obfuscated", "short",
+         "truncated"]
     ] * 3
+    assert [(r["obfuscated"], r["n_changed"]) for r in records] == [(False, 0)] * 3
     assert [r["truncated"] for r in records] == [False] * 3
     n_long = len(detector.tokenizer(long_text)["input_ids"])
     assert records[0]["n_tokens"] == n_long and records[2]["n_tokens"] == 2

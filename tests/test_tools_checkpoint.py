@@ -125,7 +125,7 @@ def parity_dir(tiny_model_dir, tmp_path_factory) -> Path:
 def test_parity_check_passes_on_matching_models(parity_dir, capsys) -> None:
     assert parity_check.main([str(parity_dir)]) == 0
     out = capsys.readouterr().out
-    for case in ("single/en", "single/es", "batch_padded", "long_truncated"):
+    for case in ("single/en", "single/es", "batch_padded", "long_truncated", "engine_raw"):
         assert case in out
     assert "tokens  512" in out and "PASS" in out
 

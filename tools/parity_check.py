@@ -8,7 +8,9 @@ The directory must hold the original ``model.py`` (and ``config.py`` if it has o
 by an offline ``XLMRobertaModel`` of the checkpoint's shape; then the weights are loaded with
 ``load_state_dict(strict=True)``. Both models score English and Spanish texts one at a time, as a
 padded batch, and as one text longer than 512 tokens (truncated), and the largest absolute
-differences per output are printed. Exit status: 0 within tolerance, 1 above it, 2 bad input.
+differences per output are printed; ``engine_raw`` scores the same texts through the scoring engine
+(``autext_jax.load(..., normalize=False)``: the raw text, as the original reads it).
+Exit status: 0 within tolerance, 1 above it, 2 bad input.
 Importing ``model.py`` runs its code: use this only on files you trust.
 """
 
@@ -199,7 +201,29 @@ def compare(model_dir: Path, *, key_map=None, allow_pickle: bool = False, max_le
             "english_prob": float(np.abs(ours["english_prob"] - theirs["english_prob"]).max()),
             "is_bot_disagreements": int((ours["is_bot"] != theirs["is_bot"]).sum()),
         }
+    report["engine_raw"] = _engine_case(model_dir, tokenizer, original, key_map, allow_pickle, max_length)
     return report
+
+
+def _engine_case(model_dir: Path, tokenizer, original, key_map, allow_pickle: bool, max_length: int) -> dict:
+    """The scoring engine itself (packed rows, prefix tokenizing) on the raw text: ``normalize=False``,
+    as the published model reads it, against the original on a padded batch of the same texts."""
+    from autext_jax.api import load
+
+    detector = load(
+        str(model_dir), key_map=key_map, allow_pickle=allow_pickle, max_length=max_length,
+        calibrated=False, normalize=False,
+    )
+    texts = [*SAMPLES.values(), LONG_TEXT]
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    theirs = run_torch(original, enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32))
+    ours = detector.score(texts)
+    return {
+        "tokens": int(enc["input_ids"].shape[1]),
+        "bot_prob": float(np.abs(ours["bot_prob"] - theirs["bot_prob"]).max()),
+        "english_prob": float(np.abs(ours["english_prob"] - theirs["english_prob"]).max()),
+        "is_bot_disagreements": int((ours["is_bot"] != theirs["is_bot"]).sum()),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,8 @@ from autext_jax.data.sources import (
     quiet_progress,
     read_source,
 )
+from autext_jax.normalize import NORMALIZATION_VERSION
+from autext_jax.normalize import normalize as normalized
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,8 @@ class DataConfig:
 
     ``val_paths`` (optional) gives an explicit validation set; otherwise ``val_fraction`` of the
     rows of ``paths`` (chosen by a salted hash of ``language``+``id``) are held out. ``cache_dir``
-    ("" = the ``datasets`` default) is where parsed files and token ids are cached.
+    ("" = the ``datasets`` default) is where parsed files and token ids are cached. ``normalize``:
+    tokenize texts after ``normalize.normalize``, as scoring does (``False``: the raw text).
     """
 
     paths: tuple[str, ...] = ()
@@ -59,6 +62,7 @@ class DataConfig:
     val_paths: tuple[str, ...] = ()
     smallest_bucket: int = 16
     cache_dir: str = ""
+    normalize: bool = True
 
     def __post_init__(self) -> None:
         for name in ("paths", "val_paths", "languages"):  # "x" or ["x"] (e.g. from a --set) → ("x",)
@@ -310,11 +314,15 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return Hasher.hash([type(tokenizer).__name__, sorted(tokenizer.get_vocab().items())])
 
 
-def tokenize_dataset(ds, tokenizer, max_length: int, *, num_proc: int | None = None):
+def tokenize_dataset(
+    ds, tokenizer, max_length: int, *, num_proc: int | None = None, normalize: bool = True
+):
     """Add ``input_ids`` (list[int], special tokens included, truncated) and ``length``; cached on disk.
 
-    The map's fingerprint is (dataset, tokenizer vocabulary, max_length), so a second run with the same
-    inputs reads the tokens from the ``datasets`` cache instead of tokenizing again.
+    ``normalize``: tokenize each text as scoring does, after ``normalize.normalize`` (so a model
+    trains on what it will be asked to score). The map's fingerprint is (dataset, tokenizer
+    vocabulary, max_length, normalization), so a second run with the same inputs reads the tokens
+    from the ``datasets`` cache instead of tokenizing again.
     """
     import datasets
     from datasets.fingerprint import Hasher
@@ -323,13 +331,15 @@ def tokenize_dataset(ds, tokenizer, max_length: int, *, num_proc: int | None = N
         raise DataError("cannot tokenize an empty dataset")
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        ids = tokenize(tokenizer, batch["text"], max_length)
+        texts = [normalized(t).text for t in batch["text"]] if normalize else batch["text"]
+        ids = tokenize(tokenizer, texts, max_length)
         return {"input_ids": ids, "length": [len(x) for x in ids]}
 
     features = ds.features.copy()
     features["input_ids"] = datasets.Sequence(datasets.Value("int32"))
     features["length"] = datasets.Value("int32")
     key = [_TOKENIZE_VERSION, ds._fingerprint, tokenizer_fingerprint(tokenizer), max_length]
+    key += [NORMALIZATION_VERSION] if normalize else []
     fingerprint = Hasher.hash(key)
     return ds.map(
         encode,
@@ -346,12 +356,12 @@ def build_datasets(cfg: DataConfig, tokenizer):
     """``(train, val)`` tokenized datasets from a ``DataConfig`` (the usual training entry point)."""
     cache_dir = cfg.cache_dir or None
     examples = load_examples(cfg.paths, cfg.format, languages=cfg.languages, cache_dir=cache_dir)
-    full = tokenize_dataset(examples, tokenizer, cfg.max_length)
+    full = tokenize_dataset(examples, tokenizer, cfg.max_length, normalize=cfg.normalize)
     if cfg.val_paths:
         val = load_examples(cfg.val_paths, cfg.format, languages=cfg.languages, cache_dir=cache_dir)
         warn_about_rows(full, "training")
         warn_about_rows(val, "validation")
-        return full, tokenize_dataset(val, tokenizer, cfg.max_length)
+        return full, tokenize_dataset(val, tokenizer, cfg.max_length, normalize=cfg.normalize)
     train, val = split_by_id(full, cfg.val_fraction, cfg.split_salt)
     if len(train) == 0:
         raise DataError(f"val_fraction {cfg.val_fraction} left no training rows")

@@ -3,6 +3,8 @@
 ``TextEncoder.encode`` is the one entry from text to tokens for scoring (the engine calls nothing
 else), so anything that must happen to every text just before it is tokenized goes there once, and
 what it learns about a text travels with it in ``EncodedText.facts`` to the record (``records.py``).
+That is where ``normalize.normalize`` runs (unless ``normalize=False``): the text tokenized is the
+normalized one, and the facts say ``obfuscated`` and ``n_changed``.
 
 Long texts: ``long="truncate"`` keeps the first ``max_length`` tokens (as the original model card)
 and tokenizes only a character prefix (grown only if it yields too few tokens); ``long="chunk"``
@@ -14,13 +16,14 @@ whitespace into one int32 array, so memory stays bounded for any line length.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from autext_jax.data import batching
+from autext_jax.normalize import Normalized, normalize
 
 LONG_MODES = ("truncate", "chunk")
 _PREFIX_CHARS_PER_TOKEN = 16  # a character prefix this long per token holds max_length tokens in practice
@@ -40,14 +43,21 @@ class EncodedText:
 class TextEncoder:
     """Tokenizes texts into scoring windows of ``max_length`` tokens (see the module docstring)."""
 
-    def __init__(self, tokenizer, max_length: int, long: str = "truncate", stride: int = 128):
+    def __init__(
+        self, tokenizer, max_length: int, long: str = "truncate", stride: int = 128, normalize: bool = True
+    ):
         if long not in LONG_MODES:
             raise ValueError(f"long must be one of {LONG_MODES}, got {long!r}")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.long = long
         self.stride = stride
+        self.normalize = normalize
         self.prefix, self.suffix = special_tokens(tokenizer)
+
+    def prepare(self, text: str) -> Normalized:
+        """The text as it is tokenized: normalized (``normalize.py``), or as given (``normalize=False``)."""
+        return normalize(text) if self.normalize else _as_given(text)
 
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:
         """Per text, in order, its windows (one unless ``long="chunk"`` and the text is longer)."""
@@ -57,15 +67,26 @@ class TextEncoder:
         if not texts:
             return []
         if self.long == "truncate":
-            return [self._truncated(ids) for ids in self.tokenize_truncated(texts, self.max_length + 1)]
-        body = self.max_length - len(self.prefix) - len(self.suffix)
-        step = body - self.stride
-        prefix, suffix = np.int32(self.prefix), np.int32(self.suffix)
-        out = []
-        for ids in self.tokenize_plain(texts):
-            starts = range(0, max(len(ids) - self.stride, 1), step)
-            out.append(EncodedText([np.concatenate([prefix, ids[s : s + body], suffix]) for s in starts]))
-        return out
+            pairs = self._prefix_tokens(texts, self.max_length + 1, self.prepare)
+            encoded = [self._truncated(ids) for ids, _ in pairs]
+            prepared = [p for _, p in pairs]
+        else:
+            prepared = [self.prepare(text) for text in texts]
+            body = self.max_length - len(self.prefix) - len(self.suffix)
+            step = body - self.stride
+            prefix, suffix = np.int32(self.prefix), np.int32(self.suffix)
+            encoded = []
+            for ids in self.tokenize_plain([p.text for p in prepared]):
+                starts = range(0, max(len(ids) - self.stride, 1), step)
+                encoded.append(
+                    EncodedText([np.concatenate([prefix, ids[s : s + body], suffix]) for s in starts])
+                )
+        if not self.normalize:
+            return encoded
+        return [
+            replace(e, facts={"obfuscated": p.obfuscated, "n_changed": p.changed})
+            for e, p in zip(encoded, prepared, strict=True)
+        ]
 
     def _truncated(self, ids: list[int]) -> EncodedText:
         """``ids`` were tokenized to one token more than fits: more means the text was cut."""
@@ -76,21 +97,30 @@ class TextEncoder:
         return EncodedText([np.asarray(ids, dtype=np.int32)], cut)
 
     def tokenize_truncated(self, texts: Sequence[str], n: int | None = None) -> list[list[int]]:
-        """``batching.tokenize`` truncated to ``n`` tokens, reading only as much of each text as needed.
+        """``batching.tokenize`` of the texts as given, truncated to ``n`` tokens (default ``max_length``),
+        reading only as much of each text as needed (see ``_prefix_tokens``)."""
+        return [ids for ids, _ in self._prefix_tokens(texts, n or self.max_length, _as_given)]
 
-        A text longer than the prefix budget is tokenized from a character prefix; the prefix is
-        accepted when it and one twice as long give the same ``n`` tokens (so a cut word at its end
-        changed nothing), else it doubles, up to the whole text. ``n`` defaults to ``max_length``.
+    def _prefix_tokens(
+        self, texts: Sequence[str], n: int, prepare: Callable[[str], Normalized]
+    ) -> list[tuple[list[int], Normalized]]:
+        """Per text, its first ``n`` tokens and the prepared (normalized) text they come from.
+
+        A text longer than the prefix budget is prepared and tokenized from a character prefix; the
+        prefix is accepted when it and one twice as long give the same ``n`` tokens (so a cut word at
+        its end changed nothing), else it doubles, up to the whole text. So a huge line is only
+        normalized and tokenized as far as it is scored (``n_changed`` counts that part).
         """
-        n = n or self.max_length
         budget = self.max_length * _PREFIX_CHARS_PER_TOKEN
-        out = batching.tokenize(self.tokenizer, [t if len(t) <= budget else "" for t in texts], n)
+        whole = [prepare(t) if len(t) <= budget else Normalized("", 0) for t in texts]
+        out = list(zip(batching.tokenize(self.tokenizer, [p.text for p in whole], n), whole, strict=True))
         for i, text in enumerate(texts):
             size = budget
             while len(text) > budget:
-                first, second = batching.tokenize(self.tokenizer, [text[:size], text[: 2 * size]], n)
+                shorter, longer = prepare(text[:size]), prepare(text[: 2 * size])
+                first, second = batching.tokenize(self.tokenizer, [shorter.text, longer.text], n)
                 if 2 * size >= len(text) or (first == second and len(first) == n):
-                    out[i] = second
+                    out[i] = (second, longer)
                     break
                 size *= 2
         return out
@@ -120,6 +150,10 @@ class TextEncoder:
             return out
         finally:
             hf_logging.set_verbosity(verbosity)
+
+
+def _as_given(text: str) -> Normalized:
+    return Normalized(text, len(text))
 
 
 _CUT = re.compile(r"(?<=\S)\s")
