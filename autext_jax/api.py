@@ -112,7 +112,7 @@ class Detector:
     ) -> list[dict[str, Any]]:
         """One record per text (``records.py``): ``bot_prob``, ``english_prob``, ``is_bot``,
         ``n_chunks``, ``n_tokens``, ``truncated``, ``short``; ``operating_point`` when one is selected;
-        ``segments`` (``[{"start", "end", "bot_prob"}]``, character offsets) with
+        ``segments`` (``[{"start", "end", "bot_prob", "truncated"}]``, character offsets) with
         ``segments="sentence"`` or ``"window"``."""
         items = enumerate(_checked(texts))
         return [r for _, r in self.stream_records(items, segments=segments, operating_point=operating_point)]

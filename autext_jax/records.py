@@ -9,7 +9,7 @@ A record is, in this column order (``Layout.columns``):
 - ``n_tokens``, ``truncated``, ``short``: how much text the scores rest on (``short``: fewer tokens
   than the model was validated on);
 - the facts the text's encoding reported (``FACT_FIELDS``, from ``EncodedText.facts``);
-- ``operating_point`` (when one decides), ``segments`` (``[{"start", "end", "bot_prob"}]``,
+- ``operating_point`` (when one decides), ``segments`` (``[{"start", "end", "bot_prob", "truncated"}]``,
   character offsets, when asked for), ``source`` (corpus parts: the input file the row came from),
   ``text`` (when asked for), ``error`` (when bad inputs are kept as records: their scores are null).
 
@@ -128,14 +128,18 @@ class RecordBuilder:
     def _segments(self, spans: Sequence[seg.ScoredSpan]) -> list[dict[str, Any]]:
         probs = self.decision.bot_prob(np.float32([s.bot for s in spans]))
         pairs = zip(spans, probs, strict=True)
-        return [{"start": s.start, "end": s.end, "bot_prob": float(p)} for s, p in pairs]
+        return [
+            {"start": s.start, "end": s.end, "bot_prob": float(p), "truncated": s.truncated} for s, p in pairs
+        ]
 
 
 def arrow_schema(columns: Sequence[str], int_ids: bool):
     """The Arrow schema of records with ``columns`` (``id``: int64 when ``int_ids``, else string)."""
     import pyarrow as pa
 
-    segment = pa.struct([("start", pa.int64()), ("end", pa.int64()), ("bot_prob", pa.float64())])
+    segment = pa.struct(
+        [("start", pa.int64()), ("end", pa.int64()), ("bot_prob", pa.float64()), ("truncated", pa.bool_())]
+    )
     types = {
         "id": pa.int64() if int_ids else pa.string(), "bot_prob": pa.float64(), "english_prob": pa.float64(),
         "is_bot": pa.bool_(), "n_chunks": pa.int64(), "n_tokens": pa.int64(), "truncated": pa.bool_(),

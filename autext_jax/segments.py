@@ -134,11 +134,13 @@ def window_segments(
 
 @dataclass(frozen=True)
 class ScoredSpan:
-    """A segment: character offsets ``[start, end)`` and its raw bot logit."""
+    """A segment: character offsets ``[start, end)``, its raw bot logit, and whether only its start was
+    scored (a segment longer than ``max_length`` tokens is truncated like a document)."""
 
     start: int
     end: int
     bot: float
+    truncated: bool = False
 
 
 def scored(
@@ -180,8 +182,8 @@ def _block(engine, block, mode, language_of, stop):
             pieces += [((k, j), text[a:b]) for j, (a, b) in enumerate(spans[k])]
     own = {tag: doc for tag, doc in engine.run(pieces, stop)}
     for k, doc in enumerate(docs):
-        segments = [ScoredSpan(a, b, own.get((k, j), doc).bot) for j, (a, b) in enumerate(spans[k])]
-        yield block[k][0], doc, segments
+        scores = [(a, b, own.get((k, j), doc)) for j, (a, b) in enumerate(spans[k])]
+        yield block[k][0], doc, [ScoredSpan(a, b, d.bot, bool(d.truncated)) for a, b, d in scores]
 
 
 def _spans(engine, text: str, mode: str, language: str) -> list[tuple[int, int]]:

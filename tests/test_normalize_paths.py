@@ -188,14 +188,16 @@ def test_training_data(tmp_path):
     assert ids["attacked-raw"][:2] != ids["clean"][:2] and ids["attacked-raw"][2] == ids["clean"][2]
 
 
-def test_service(detectors):
-    pytest.importorskip("starlette")
-    from starlette.testclient import TestClient
+def test_service(tiny_model_dir):
+    """A real server process normalizes; one started with --no-normalize scores the raw text."""
+    pytest.importorskip("fastapi")
+    from tests.helpers.serve import post_json, running_service
 
-    from autext_jax.serve.app import create_app
-
-    on, _ = detectors
-    with TestClient(create_app(on)) as client:
-        response = client.post("/v1/score", json={"texts": ATTACKED})
-    assert response.status_code == 200
-    _check(response.json()["records"], on.score_records(CLEAN))
+    answers = {}
+    for name, flags in (("on", ()), ("off", ("--no-normalize",))):
+        with running_service(tiny_model_dir, *flags) as (base, _):
+            status, body = post_json(base + "/v1/score", {"texts": ATTACKED})
+            assert status == 200, body
+            answers[name] = body["records"]
+    clean = autext_jax.load(str(tiny_model_dir)).score_records(CLEAN)
+    _check(answers["on"], clean, answers["off"])

@@ -94,8 +94,21 @@ def test_sentence_segments_tile_the_text_and_are_scored_alone(detector):
 
 def test_one_sentence_text_is_one_segment_with_the_document_score(detector):
     records = detector.score_records(["The cat sat on the mat.", "   "], segments="sentence")
-    assert records[0]["segments"] == [{"start": 0, "end": 23, "bot_prob": records[0]["bot_prob"]}]
+    whole = {"start": 0, "end": 23, "bot_prob": records[0]["bot_prob"], "truncated": False}
+    assert records[0]["segments"] == [whole]
     assert records[1]["segments"] == []
+
+
+def test_a_segment_longer_than_max_length_says_only_its_start_was_scored(tiny_model_dir):
+    short = autext_jax.load(str(tiny_model_dir), max_length=32)
+    long_sentence = " ".join(["the cat sat on the mat and"] * 12) + "."
+    text = "The cat sat on the mat. " * 8 + long_sentence
+    (record,) = short.score_records([text], segments="sentence")
+    pieces = [text[s["start"] : s["end"]] for s in record["segments"]]
+    assert record["truncated"] and len(pieces) > 1
+    n_tokens = seg.token_counts(short.tokenizer, pieces)
+    assert [s["truncated"] for s in record["segments"]] == [n > 32 for n in n_tokens]
+    assert record["segments"][-1]["truncated"] and not record["segments"][0]["truncated"]
 
 
 def test_merge_spans_joins_short_sentences_and_a_short_tail():

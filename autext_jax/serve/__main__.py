@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let pages from ORIGIN (e.g. https://app.example.org) call the service (repeatable)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--threshold", type=threshold_arg, default=None, help="override the model's threshold")
+    p.add_argument("--no-normalize", action="store_true",
+                   help="score the raw text (as infer --no-normalize); obfuscated and n_changed are null")
     p.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes)
     p.add_argument("--max-texts", type=int, default=limits.max_texts, help="texts per request")
     p.add_argument("--max-chars", type=int, default=limits.max_chars, help="characters per text")
@@ -108,7 +110,9 @@ def serve(args: argparse.Namespace) -> int:
         access_log=args.log_format if args.access_log else None,
     )
 
-    detector = autext_jax.load(args.model, dtype=args.dtype, threshold=args.threshold)
+    detector = autext_jax.load(
+        args.model, dtype=args.dtype, threshold=args.threshold, normalize=not args.no_normalize
+    )
     log.info("model %s loaded; warming up", detector.model_dir or "embedded")
     detector.score_records(["A short text to compile the scoring programs before the first request."])
     app = create_app(

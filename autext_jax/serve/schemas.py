@@ -32,6 +32,7 @@ class Segment(BaseModel):
     start: int
     end: int
     bot_prob: float
+    truncated: bool = Field(False, description="longer than max_length tokens: only its start was scored")
 
 
 class Record(BaseModel):
@@ -45,6 +46,12 @@ class Record(BaseModel):
     n_tokens: int = Field(description="tokens the scores rest on")
     truncated: bool = Field(description="only the first n_tokens tokens were scored")
     short: bool = Field(description="shorter than the texts the model was validated on")
+    obfuscated: bool | None = Field(
+        None,
+        description="invisible characters, look-alike letters or odd casing were undone before scoring "
+        "(null when the service runs with --no-normalize)",
+    )
+    n_changed: int | None = Field(None, description="characters the normalization removed or changed")
     operating_point: str | None = None
     segments: list[Segment] | None = None
 
