@@ -29,7 +29,9 @@ def _sha256(data: bytes) -> str:
 
 
 @pytest.mark.slow
-def test_watch_survives_a_preemption_and_exports_the_uninterrupted_bytes(gcs, tiny_tokenizer_dir, tmp_path):
+def test_watch_survives_a_preemption_and_exports_the_uninterrupted_bytes(
+    gcs, tiny_tokenizer_dir, tmp_path, monkeypatch
+):
     data = write_learnable_data(tmp_path / "data")
     env = dict(os.environ, **gcs, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_COMPILE)
     env["HF_DATASETS_CACHE"] = str(tmp_path / "hf_datasets")
@@ -57,7 +59,9 @@ def test_watch_survives_a_preemption_and_exports_the_uninterrupted_bytes(gcs, ti
     for i, p in enumerate(ref):  # logs go to files: an undrained pipe would block a chatty run
         assert p.wait(timeout=600) == 0, (tmp_path / f"reference-{i}.log").read_text()[-3000:]
 
-    os.environ["STORAGE_EMULATOR_HOST"] = gcs["STORAGE_EMULATOR_HOST"]
+    # This process reads the bucket too (``_Bucket``); monkeypatch restores the variable afterwards, so
+    # later tests' fake gcloud does not talk to this module's emulator once it is gone.
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs["STORAGE_EMULATOR_HOST"])
     bucket = _Bucket()
     fake = FakeCloud(tmp_path / "cloud")
     log = tmp_path / "watch.log"
