@@ -167,7 +167,8 @@ def test_segments_come_back_with_character_offsets(client, detector):
     assert record == detector.score_records([text], segments="sentence")[0]
     segments = record["segments"]
     assert segments and segments[0]["start"] == 0 and segments[-1]["end"] <= len(text)
-    assert all(0.0 <= s["bot_prob"] <= 1.0 for s in segments)
+    alone = detector.score([text[s["start"] : s["end"]] for s in segments])["bot_prob"]
+    assert [s["bot_prob"] for s in segments] == pytest.approx(alone.tolist(), abs=1e-6)  # each scored alone
 
 
 def test_hugging_face_shape_puts_the_decision_first(client, detector):

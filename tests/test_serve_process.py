@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
+import autext_jax  # noqa: E402
 from tests.helpers.serve import get_json, post_json, read_log, running_service  # noqa: E402
 
 TEXT = "The committee will publish its annual report on the first of March."
@@ -37,16 +38,21 @@ def _host_port(base: str) -> tuple[str, int]:
 
 
 @pytest.fixture(scope="module")
+def in_process(tiny_model_dir):
+    """The same model in this process: what the service must answer."""
+    return autext_jax.load(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
 def service(tiny_model_dir):
     with running_service(tiny_model_dir, "--max-body-bytes", "65536", "--body-timeout", "1") as (base, proc):
         yield base, proc
 
 
-def test_scores_over_http(service):
+def test_scores_over_http(service, in_process):
     base, _ = service
     status, body = post_json(base + "/v1/score", {"texts": [TEXT, "Otro texto."]})
-    assert status == 200 and len(body["records"]) == 2
-    assert all(0.0 <= r["bot_prob"] <= 1.0 for r in body["records"])
+    assert status == 200 and body["records"] == in_process.score_records([TEXT, "Otro texto."])
 
 
 def test_hostile_clients_get_4xx_and_the_process_lives(service):
@@ -83,7 +89,7 @@ def test_hostile_clients_get_4xx_and_the_process_lives(service):
     assert "Traceback" not in read_log(proc)
 
 
-def test_sigterm_finishes_the_request_in_flight_and_exits_0(tiny_model_dir):
+def test_sigterm_finishes_the_request_in_flight_and_exits_0(tiny_model_dir, in_process):
     with running_service(tiny_model_dir) as (base, proc):
         body = json.dumps({"text": TEXT}).encode()
         with socket.create_connection(_host_port(base), timeout=30) as sock:
@@ -99,7 +105,7 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(tiny_model_dir):
                 answer += chunk
         assert _status(answer) == 200
         record = json.loads(answer.split(b"\r\n\r\n", 1)[1])["records"][0]
-        assert 0.0 <= record["bot_prob"] <= 1.0
+        assert record == in_process.score_records([TEXT])[0]
         assert proc.wait(30) == 0, read_log(proc)
         # Nothing listens any more.
         with pytest.raises(OSError):
